@@ -1,0 +1,306 @@
+#!/usr/bin/env -S npx tsx
+// kube-cni: a Kubernetes bridge CNI plugin. It is the bash "write your own CNI plugin" script, step for step,
+// made correct: the container runtime execs it with CNI_* variables and the network config (the netconf) on
+// stdin; it answers with one JSON document on stdout. Logs go to the log file and stderr.
+//
+//   ADD    read the netconf -> ensure the bridge cni0 -> allocate an IP (IPAM) -> create the veth with its pod
+//          end inside the sandbox as CNI_IFNAME -> attach the host end to cni0 -> address and default route
+//          inside the pod -> print the result
+//   DEL    the same, backwards, and tolerant of every piece that is already gone
+//   CHECK  compare prevResult with what the kernel and the IPAM store really hold
+//   GC, STATUS, VERSION: see below.
+import { existsSync, readSync } from 'node:fs'
+import {
+  CniError,
+  Code,
+  type Invocation,
+  LATEST_VERSION,
+  SUPPORTED_VERSIONS,
+  encodeError,
+  encodeResult,
+  printJSON,
+  readInvocation,
+  versionAtLeast,
+} from './lib/cni.ts'
+import { waitForExit } from './lib/exec.ts'
+import { formatAddress, formatCidr, parseAddress } from './lib/ip.ts'
+import { Store, type Owner } from './lib/ipam.ts'
+import { linkExists, newHostVethName, readMaster, readPod, setupPod, teardownPod } from './lib/link.ts'
+import { configureLog, log } from './lib/log.ts'
+import { MAX_STDIN, type NetConf, decodeJSON, parseNetConf } from './lib/netconf.ts'
+import { ensureNode } from './lib/node.ts'
+import { version } from './package.json'
+
+// ---- ADD -------------------------------------------------------------------------------------------------
+
+async function cmdAdd(inv: Invocation, conf: NetConf): Promise<object> {
+  requireSandbox(inv, Code.InvalidEnv)
+
+  // The bridge, created on first use (the bash original needed `brctl addbr cni0` by hand), and with it
+  // the once-per-node setup: ip_forward, FORWARD accept and the masquerade of traffic leaving the cluster.
+  await ensureNode(conf)
+
+  // IPAM: the record of this attachment first, then one address per family from this node's podCIDR.
+  const store = new Store(conf.dataDir, conf.name)
+  const attachment = store.open(owner(inv))
+  let hostVeth: string | undefined
+  try {
+    const ips = conf.pools.map((pool) => ({ pool, ip: attachment.reserve(pool) }))
+
+    // The veth pair: the pod end is born inside the sandbox as CNI_IFNAME (never in the host netns, where
+    // it would clash with the host's eth0), the host end `veth<8 hex>` joins the bridge; then the pod's
+    // address, link and default route via the gateway. Two `ip -batch` execs, one on each side.
+    for (let attempt = 1; ; attempt++) {
+      const candidate = newHostVethName()
+      attachment.setHostVeth(candidate)
+      try {
+        const plan = { conf, netns: inv.netns, ifname: inv.ifname, hostVeth: candidate, ips }
+        const links = await setupPod(plan, (pid) => attachment.addPid(pid))
+        hostVeth = candidate
+        return encodeResult(
+          {
+            interfaces: [
+              { name: conf.bridge, mac: links.bridgeMac },
+              { name: candidate, mac: links.hostVethMac, mtu: conf.mtu },
+              { name: inv.ifname, mac: links.podMac, sandbox: inv.netns, mtu: conf.mtu },
+            ],
+            ips: ips.map(({ pool, ip }) => ({
+              address: `${formatAddress(pool.family, ip)}/${pool.subnet.prefix}`,
+              gateway: formatAddress(pool.family, pool.gateway),
+              interface: 2,
+            })),
+            routes: conf.pools.map((pool) => ({
+              dst: pool.family === 4 ? '0.0.0.0/0' : '::/0',
+              gw: formatAddress(pool.family, pool.gateway),
+            })),
+            dns: {},
+          },
+          conf.cniVersion,
+        )
+      } catch (e) {
+        if ((e as { hostVethCreated?: boolean }).hostVethCreated) hostVeth = candidate
+        // Another ADD took the same random name between our check and our create: draw again.
+        const nameClash = (e as { hostVethCreated?: boolean }).hostVethCreated === false && linkExists(candidate)
+        if (!nameClash || attempt >= 3) throw e
+      }
+    }
+  } catch (e) {
+    // Roll back what this ADD did, so a failed ADD leaves neither a veth nor a reserved IP behind.
+    await teardownPod('', inv.ifname, hostVeth).catch((t) => log.error(`rollback: ${t.message}`))
+    release(store, owner(inv))
+    throw e
+  } finally {
+    attachment.close()
+  }
+}
+
+// ---- DEL -------------------------------------------------------------------------------------------------
+
+async function cmdDel(inv: Invocation, conf: NetConf): Promise<void> {
+  // DEL follows the IPAM record, never the netns: the netns may be gone, and CNI_NETNS may be empty.
+  const store = new Store(conf.dataDir, conf.name)
+  const record = store.readRecord(owner(inv))
+  // An ADD killed mid-way leaves its `ip` children running; let them finish before undoing their work.
+  await waitForExit(record?.pids ?? [])
+  await teardownPod(inv.netns, inv.ifname, record?.hostVeth)
+  release(store, owner(inv))
+}
+
+function release(store: Store, who: Owner): void {
+  for (const ip of store.readRecord(who)?.ips ?? []) store.free(ip, who)
+  store.dropRecord(who)
+}
+
+// ---- CHECK -----------------------------------------------------------------------------------------------
+
+async function cmdCheck(inv: Invocation, conf: NetConf): Promise<void> {
+  if (!versionAtLeast(conf.cniVersion, '0.4.0'))
+    throw new CniError(Code.IncompatibleVersion, `CHECK needs cniVersion 0.4.0 or later, the config has ${conf.cniVersion}`)
+  requireSandbox(inv, Code.UnknownContainer)
+  const prev = conf.prevResult as { ips?: { address?: string }[] } | undefined
+  if (!prev || !Array.isArray(prev.ips)) throw new CniError(Code.InvalidConfig, 'CHECK needs the prevResult of the ADD in the network config')
+  const fail = (msg: string) => new CniError(Code.CheckFailed, `CHECK ${inv.containerId}/${inv.ifname}: ${msg}`)
+
+  const store = new Store(conf.dataDir, conf.name)
+  const record = store.readRecord(owner(inv))
+  if (!record) throw fail(`no IPAM record in ${store.dir}`)
+  const pod = await readPod(inv.netns, inv.ifname, conf.pools.map((p) => p.family))
+  if (!pod) throw fail(`no interface ${inv.ifname} in ${inv.netns}`)
+  const inKernel = new Set(pod.addresses.map(normalizeCidr))
+  for (const { address } of prev.ips) {
+    const wanted = normalizeCidr(address ?? '')
+    if (!wanted) throw fail(`prevResult has an invalid address ${JSON.stringify(address)}`)
+    const ip = wanted.slice(0, wanted.indexOf('/'))
+    const holder = store.ownerOf(ip)
+    if (holder?.containerId !== inv.containerId || holder?.ifname !== inv.ifname) throw fail(`${ip} is not reserved for it in ${store.dir}`)
+    if (!inKernel.has(wanted)) throw fail(`${wanted} is not on ${inv.ifname} (it has ${pod.addresses.join(', ') || 'none'})`)
+  }
+  for (const pool of conf.pools) {
+    const gw = formatAddress(pool.family, pool.gateway)
+    if (!pod.gateways.includes(gw)) throw fail(`no default route via ${gw} in the pod`)
+  }
+  const master = record.hostVeth && (await readMaster(record.hostVeth))
+  if (master !== conf.bridge) throw fail(`host veth ${record.hostVeth} is not attached to ${conf.bridge}`)
+}
+
+// ---- GC and STATUS (CNI 1.1.0) ---------------------------------------------------------------------------
+
+async function cmdGc(conf: NetConf): Promise<void> {
+  requireVersion(conf, 'GC', '1.1.0')
+  // The key is `cni.dev/valid-attachments`; the 1.1.0 tag of the spec called it `cni.dev/attachments`.
+  const listed = conf.raw['cni.dev/valid-attachments'] ?? conf.raw['cni.dev/attachments']
+  if (listed !== null && !Array.isArray(listed))
+    throw new CniError(Code.InvalidConfig, 'GC needs "cni.dev/valid-attachments": a list of {containerID, ifname}')
+  const valid = new Set(((listed ?? []) as { containerID: string; ifname: string }[]).map((a) => `${a.containerID}:${a.ifname}`))
+  const isValid = (o: Owner | null) => o !== null && valid.has(`${o.containerId}:${o.ifname}`)
+
+  const store = new Store(conf.dataDir, conf.name)
+  const errors: string[] = []
+  for (const { owner: who, record } of store.listAttachments()) {
+    if (isValid(who)) continue
+    try {
+      await teardownPod('', who.ifname, record.hostVeth)
+      release(store, who)
+      log.info(`gc: freed ${who.containerId}/${who.ifname} (${record.ips.join(', ')})`)
+    } catch (e) {
+      errors.push((e as Error).message) // go on: one stuck attachment must not keep the others leaked
+    }
+  }
+  for (const r of store.listReserved()) {
+    if (!isValid(r.owner) && store.free(r.ip, r.owner ?? { containerId: '', ifname: '' }))
+      log.info(`gc: freed ${r.ip}, reserved by ${r.owner ? `${r.owner.containerId}/${r.owner.ifname}` : 'a killed ADD'}`)
+  }
+  if (errors.length) throw new CniError(Code.IOFailure, `GC could not free everything: ${errors.join('; ')}`)
+}
+
+function cmdStatus(conf: NetConf): void {
+  requireVersion(conf, 'STATUS', '1.1.0')
+  const store = new Store(conf.dataDir, conf.name)
+  for (const pool of conf.pools) {
+    const used = store.countReserved(pool)
+    if (used >= store.capacity(pool))
+      throw new CniError(
+        Code.NotAvailable,
+        `no free IP address in ${formatCidr(pool.subnet)}: all ${used} are reserved`,
+        'run a CNI GC to free leaked addresses, or give the node a larger podCIDR',
+      )
+  }
+}
+
+// ---- helpers the commands share --------------------------------------------------------------------------
+
+function owner(inv: Invocation): Owner {
+  return { containerId: inv.containerId, ifname: inv.ifname }
+}
+
+/** `fd00:0::5/64` -> `fd00::5/64`: addresses as ip prints them, so text compares equal. Empty if invalid. */
+function normalizeCidr(text: string): string {
+  const [address, prefix] = text.split('/')
+  const parsed = parseAddress(address)
+  return parsed && /^\d+$/.test(prefix ?? '') ? `${formatAddress(parsed.family, parsed.value)}/${prefix}` : ''
+}
+
+function requireSandbox(inv: Invocation, code: number): void {
+  // The path goes into an `ip -batch` line, so it must be one word with no quoting or comment characters.
+  if (!/^\/[A-Za-z0-9_.\/:@+=-]+$/.test(inv.netns))
+    throw new CniError(Code.InvalidEnv, `invalid environment variable CNI_NETNS: ${JSON.stringify(inv.netns)} is not a plain absolute path`)
+  if (!existsSync(inv.netns))
+    throw new CniError(code, `the sandbox CNI_NETNS=${inv.netns} does not exist`, 'the runtime must create the network namespace before ADD or CHECK')
+}
+
+function requireVersion(conf: NetConf, command: string, min: string): void {
+  if (!versionAtLeast(conf.cniVersion, min))
+    throw new CniError(Code.IncompatibleVersion, `${command} needs cniVersion ${min} or later, the config has ${conf.cniVersion}`)
+}
+
+function readStdin(): string {
+  const buf = Buffer.alloc(MAX_STDIN + 1)
+  let n = 0
+  for (;;) {
+    let got: number
+    try {
+      got = readSync(0, buf, n, buf.length - n, null)
+    } catch (e) {
+      if ((e as NodeJS.ErrnoException).code === 'EAGAIN') continue
+      if ((e as NodeJS.ErrnoException).code === 'EOF') break
+      throw e
+    }
+    if (got === 0) break
+    n += got
+    if (n > MAX_STDIN) throw new CniError(Code.DecodeFailure, `the network config on stdin is larger than ${MAX_STDIN} bytes`)
+  }
+  return buf.toString('utf8', 0, n)
+}
+
+// ---- the dispatcher --------------------------------------------------------------------------------------
+
+async function cni(): Promise<number> {
+  const started = process.hrtime.bigint()
+  let cniVersion = LATEST_VERSION
+  let what = process.env.CNI_COMMAND ?? '?'
+  try {
+    const stdin = readStdin()
+    // Errors answer in the version the config asked for, whenever it can be read at all.
+    const asked = /"cniVersion"\s*:\s*"([^"]*)"/.exec(stdin)?.[1]
+    if (asked) cniVersion = asked
+    const inv = readInvocation(process.env)
+    if (inv.command === 'VERSION') {
+      if (stdin.trim()) decodeJSON(stdin)
+      printJSON({ cniVersion, supportedVersions: SUPPORTED_VERSIONS })
+      return 0
+    }
+    const conf = parseNetConf(stdin)
+    const pod = inv.args.K8S_POD_NAME ? ` pod=${inv.args.K8S_POD_NAMESPACE ?? ''}/${inv.args.K8S_POD_NAME}` : ''
+    what = `${inv.command}${inv.containerId ? ` ${inv.containerId}/${inv.ifname}` : ''}${pod}`
+    configureLog({ file: conf.logFile, level: conf.logLevel })
+    let result: object | undefined
+    if (inv.command === 'ADD') result = await cmdAdd(inv, conf)
+    else if (inv.command === 'DEL') await cmdDel(inv, conf)
+    else if (inv.command === 'CHECK') await cmdCheck(inv, conf)
+    else if (inv.command === 'GC') await cmdGc(conf)
+    else cmdStatus(conf)
+    if (result) printJSON(result)
+    const ips = result ? ` ${(result as { ips: { address: string }[] }).ips.map((i) => i.address).join(' ')}` : ''
+    log.info(`${what}: ok${ips} (${elapsed(started)})`)
+    return 0
+  } catch (e) {
+    const err = e instanceof CniError ? e : new CniError(Code.Internal, `internal error: ${(e as Error).message}`, (e as Error).stack ?? '')
+    log.error(`${what}: error ${err.code}: ${err.message}${err.details ? ` (${err.details})` : ''} (${elapsed(started)})`)
+    printJSON(encodeError(err, cniVersion))
+    return 1
+  }
+}
+
+function elapsed(since: bigint): string {
+  return `${(Number(process.hrtime.bigint() - since) / 1e6).toFixed(1)}ms`
+}
+
+const USAGE = `kube-cni ${version}: a Kubernetes bridge CNI plugin
+
+As a CNI plugin (how a container runtime calls it):
+  CNI_COMMAND=ADD|DEL|CHECK|GC|STATUS|VERSION CNI_CONTAINERID=... CNI_NETNS=... CNI_IFNAME=... \\
+    kube-cni < netconf.json
+  Set KUBE_CNI_EXPLAIN=1 to print every kernel step as the shell line that does it by hand.
+
+As a command:
+  kube-cni --help       this text
+  kube-cni --version    the version
+
+Spec versions: ${SUPPORTED_VERSIONS.join(', ')}. Config fields: see README.md.
+`
+
+async function main(): Promise<void> {
+  if (process.env.CNI_COMMAND) {
+    process.exitCode = await cni()
+    return
+  }
+  const [verb] = process.argv.slice(2)
+  if (verb === '--version') process.stdout.write(`kube-cni ${version}\n`)
+  else if (verb === '--help' || verb === '-h' || verb === undefined) process.stdout.write(USAGE)
+  else {
+    process.stderr.write(`kube-cni: unknown command ${JSON.stringify(verb)}\n\n${USAGE}`)
+    process.exitCode = 2
+  }
+}
+
+void main()

@@ -1,0 +1,263 @@
+// The IPAM store: the bash original's /tmp/reserved_ips, made safe for concurrent and killed plugins.
+//
+// <dataDir>/<network name>/
+//   10.200.1.5                one file per reserved IP, created exclusively (O_EXCL) and holding
+//                             "containerID\r\nifname", like the reference host-local plugin
+//   last_reserved_ip.4        where the round-robin search starts next time (written by rename)
+//   attachments/<cid>:<if>    the attachment's record, created exclusively BEFORE any IP is taken
+//
+// No lock is needed: the kernel lets exactly one O_EXCL create win. The record is written ahead of every
+// attempt (the candidate IP and the host veth name), so a plugin SIGKILLed at any point leaves a record
+// that DEL can follow to free exactly what was taken. DEL never has to ask the netns.
+import {
+  closeSync,
+  ftruncateSync,
+  mkdirSync,
+  openSync,
+  readFileSync,
+  readdirSync,
+  renameSync,
+  unlinkSync,
+  writeFileSync,
+  writeSync,
+} from 'node:fs'
+import { join } from 'node:path'
+import { CniError, Code } from './cni.ts'
+import { type Family, containsAddress, formatAddress, formatCidr, parseAddress } from './ip.ts'
+import type { Pool } from './netconf.ts'
+
+export interface Owner {
+  containerId: string
+  ifname: string
+}
+
+/** What an attachment holds: written ahead of every step of ADD, read by DEL, CHECK and GC. */
+export interface AttachmentRecord {
+  ips: string[] // reserved or being reserved, one per family
+  hostVeth?: string
+  pids?: number[] // `ip` processes an ADD started; a DEL waits for any that outlived a killed ADD
+}
+
+const errno = (e: unknown) => (e as NodeJS.ErrnoException).code
+
+export class Store {
+  readonly dir: string
+  private readonly attachments: string
+
+  constructor(dataDir: string, network: string) {
+    this.dir = join(dataDir, network)
+    this.attachments = join(this.dir, 'attachments')
+  }
+
+  private recordPath(o: Owner): string {
+    // ':' cannot occur in a container ID, so the key is unambiguous.
+    return join(this.attachments, `${o.containerId}:${o.ifname}`)
+  }
+
+  /**
+   * Opens a new attachment for (containerID, ifname). A second ADD for the same pair is an error, as the
+   * spec asks. The returned handle keeps the record file open so every step can rewrite it cheaply.
+   */
+  open(owner: Owner): Attachment {
+    mkdirSync(this.attachments, { recursive: true, mode: 0o700 })
+    let fd: number
+    try {
+      fd = openSync(this.recordPath(owner), 'wx', 0o600)
+    } catch (e) {
+      if (errno(e) !== 'EEXIST') throw ioError(`create ${this.recordPath(owner)}`, e)
+      throw new CniError(
+        Code.AlreadyExists,
+        `container ${owner.containerId} already has an attachment on ${owner.ifname}`,
+        'the runtime must DEL it before adding it again',
+      )
+    }
+    return new Attachment(this, owner, fd)
+  }
+
+  /** Takes the next free address of the pool, round-robin, never the network, gateway or broadcast. */
+  reserve(pool: Pool, owner: Owner, beforeTry: (ip: string) => void): bigint {
+    const size = pool.lastHost - pool.firstHost + 1n
+    const cursor = join(this.dir, `last_reserved_ip.${pool.family}`)
+    const last = readLast(cursor, pool)
+    let candidate = last === undefined ? pool.firstHost : last + 1n
+    for (let tried = 0n; tried < size; tried++, candidate++) {
+      if (candidate > pool.lastHost) candidate = pool.firstHost
+      if (candidate === pool.gateway) continue
+      const ip = formatAddress(pool.family, candidate)
+      beforeTry(ip)
+      try {
+        writeFileSync(join(this.dir, ip), `${owner.containerId}\r\n${owner.ifname}`, { flag: 'wx', mode: 0o600 })
+      } catch (e) {
+        if (errno(e) === 'EEXIST') continue
+        throw ioError(`reserve ${ip} in ${this.dir}`, e)
+      }
+      writeAtomic(cursor, ip)
+      return candidate
+    }
+    throw new CniError(
+      Code.PoolExhausted,
+      `no free IP address in ${formatCidr(pool.subnet)}: all ${this.countReserved(pool)} are reserved`,
+      `free leaked addresses with a CNI GC (or delete stale files in ${this.dir}), or give the node a larger podCIDR`,
+    )
+  }
+
+  /** Frees the IP if `owner` holds it. An empty file is a reservation whose creator died mid-write. */
+  free(ip: string, owner: Owner): boolean {
+    const path = join(this.dir, ip)
+    const holder = readOwner(path)
+    if (holder === undefined) return false
+    if (holder !== null && (holder.containerId !== owner.containerId || holder.ifname !== owner.ifname)) return false
+    return unlinkQuiet(path)
+  }
+
+  ownerOf(ip: string): Owner | null | undefined {
+    return readOwner(join(this.dir, ip))
+  }
+
+  readRecord(owner: Owner): AttachmentRecord | undefined {
+    try {
+      return parseRecord(readFileSync(this.recordPath(owner), 'utf8'))
+    } catch (e) {
+      if (errno(e) === 'ENOENT') return undefined
+      throw ioError(`read ${this.recordPath(owner)}`, e)
+    }
+  }
+
+  dropRecord(owner: Owner): void {
+    unlinkQuiet(this.recordPath(owner))
+  }
+
+  /** Every attachment on record, for GC. */
+  listAttachments(): { owner: Owner; record: AttachmentRecord }[] {
+    return listDir(this.attachments).flatMap((key) => {
+      const colon = key.indexOf(':')
+      if (colon < 0) return []
+      const owner = { containerId: key.slice(0, colon), ifname: key.slice(colon + 1) }
+      const record = this.readRecord(owner)
+      return record ? [{ owner, record }] : []
+    })
+  }
+
+  /** Every reserved IP with its owner (null when the file is empty), for GC and STATUS. */
+  listReserved(): { ip: string; family: Family; value: bigint; owner: Owner | null }[] {
+    return listDir(this.dir).flatMap((name) => {
+      const addr = parseAddress(name)
+      if (!addr) return []
+      const owner = readOwner(join(this.dir, name))
+      return owner === undefined ? [] : [{ ip: name, ...addr, owner }]
+    })
+  }
+
+  countReserved(pool: Pool): number {
+    return this.listReserved().filter((r) => containsAddress(pool.subnet, r.family, r.value)).length
+  }
+
+  capacity(pool: Pool): number {
+    const gatewayInRange = pool.gateway >= pool.firstHost && pool.gateway <= pool.lastHost ? 1n : 0n
+    return Number(pool.lastHost - pool.firstHost + 1n - gatewayInRange)
+  }
+}
+
+/** One ADD's record, kept open and rewritten before each step, so a kill at any point is recoverable. */
+export class Attachment {
+  private record: AttachmentRecord = { ips: [] }
+
+  constructor(
+    private readonly store: Store,
+    readonly owner: Owner,
+    private readonly fd: number,
+  ) {
+    this.save()
+  }
+
+  reserve(pool: Pool): bigint {
+    const done = this.record.ips.slice()
+    return this.store.reserve(pool, this.owner, (candidate) => {
+      this.record.ips = [...done, candidate]
+      this.save()
+    })
+  }
+
+  setHostVeth(name: string): void {
+    this.record.hostVeth = name
+    this.save()
+  }
+
+  addPid(pid: number): void {
+    this.record.pids = [...(this.record.pids ?? []), pid]
+    this.save()
+  }
+
+  close(): void {
+    closeSync(this.fd)
+  }
+
+  private save(): void {
+    const text = JSON.stringify(this.record)
+    writeSync(this.fd, text, 0)
+    ftruncateSync(this.fd, Buffer.byteLength(text))
+  }
+}
+
+function parseRecord(text: string): AttachmentRecord {
+  try {
+    const r = JSON.parse(text)
+    return { ips: Array.isArray(r.ips) ? r.ips : [], hostVeth: r.hostVeth, pids: r.pids }
+  } catch {
+    return { ips: [] } // killed before the first write: nothing was taken yet
+  }
+}
+
+/** undefined: no such file; null: a file with no owner written yet. */
+function readOwner(path: string): Owner | null | undefined {
+  let text: string
+  try {
+    text = readFileSync(path, 'utf8')
+  } catch (e) {
+    if (errno(e) === 'ENOENT') return undefined
+    throw ioError(`read ${path}`, e)
+  }
+  const [containerId, ifname = ''] = text.split(/\r?\n/)
+  return containerId ? { containerId: containerId.trim(), ifname: ifname.trim() } : null
+}
+
+function readLast(cursor: string, pool: Pool): bigint | undefined {
+  try {
+    const addr = parseAddress(readFileSync(cursor, 'utf8').trim())
+    if (addr && addr.value >= pool.firstHost && addr.value <= pool.lastHost && addr.family === pool.family)
+      return addr.value
+  } catch {
+    // no cursor yet: start at the beginning of the pool
+  }
+  return undefined
+}
+
+/** Readers see the old content or the new one, never half of either. */
+export function writeAtomic(path: string, content: string, mode = 0o600): void {
+  const tmp = `${path}.${process.pid}.tmp`
+  writeFileSync(tmp, content, { mode })
+  renameSync(tmp, path)
+}
+
+function unlinkQuiet(path: string): boolean {
+  try {
+    unlinkSync(path)
+    return true
+  } catch (e) {
+    if (errno(e) === 'ENOENT') return false
+    throw ioError(`remove ${path}`, e)
+  }
+}
+
+function listDir(dir: string): string[] {
+  try {
+    return readdirSync(dir)
+  } catch (e) {
+    if (errno(e) === 'ENOENT') return []
+    throw ioError(`list ${dir}`, e)
+  }
+}
+
+function ioError(what: string, e: unknown): CniError {
+  return new CniError(Code.IOFailure, `IPAM store: cannot ${what}: ${(e as Error).message}`, 'check dataDir in the network config: it must be a writable directory')
+}

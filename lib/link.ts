@@ -1,0 +1,176 @@
+// The kernel work of one pod, through iproute2: the bridge, the veth pair, addresses and routes. Each side
+// (host and pod) is one `ip -batch` exec, and the same execs read back the MACs with `-j`, so an ADD costs
+// two child processes. Every line is also a line a learner can type; explain mode prints them.
+import { randomBytes } from 'node:crypto'
+import { existsSync } from 'node:fs'
+import { CniError, Code } from './cni.ts'
+import { type Step, explainSteps, run } from './exec.ts'
+import { formatAddress, macFromAddress } from './ip.ts'
+import type { NetConf, Pool } from './netconf.ts'
+
+/**
+ * Does the current netns have an interface with this name? /proc/sys/net reflects the netns of the
+ * process that reads it (unlike /sys/class/net, which reflects the netns sysfs was mounted in), and a
+ * stat is microseconds against milliseconds for an exec.
+ */
+export function linkExists(name: string): boolean {
+  return existsSync(`/proc/sys/net/ipv4/conf/${name}`)
+}
+
+/** `veth` plus 8 random hex digits, the reference bridge plugin's scheme: 32 bits, not the bash 16. */
+export function newHostVethName(): string {
+  for (;;) {
+    const name = `veth${randomBytes(4).toString('hex')}`
+    if (!linkExists(name)) return name
+  }
+}
+
+export interface BatchResult {
+  code: number
+  failedLine?: number // 1-based line of the batch that failed
+  error: string
+  json: any[][] // one array per `show` line, in order
+}
+
+/** Runs `ip -j -batch -` in the host netns, or inside `netns` (any path) through nsenter. */
+export async function ipBatch(steps: Step[], netns?: string, onSpawn?: (pid: number) => void): Promise<BatchResult> {
+  const prefix = netns ? ['nsenter', `--net=${netns}`, 'ip'] : ['ip']
+  explainSteps(steps.map((s) => ({ ...s, line: `${prefix.join(' ')} ${s.line}` })))
+  const out = await run([...prefix, '-j', '-batch', '-'], steps.map((s) => s.line).join('\n') + '\n', onSpawn)
+  const failed = /Command failed -:(\d+)/.exec(out.stderr)
+  const json = out.stdout
+    .split('\n')
+    .filter((l) => l.startsWith('['))
+    .map((l) => JSON.parse(l))
+  return { code: out.code, failedLine: failed ? Number(failed[1]) : undefined, error: out.stderr.trim(), json }
+}
+
+function kernelError(what: string, r: { error: string }, hint = ''): CniError {
+  return new CniError(Code.Kernel, `${what}: ${r.error.split('\n')[0] || 'ip failed'}`, hint)
+}
+
+// ---- the bridge (once per node) --------------------------------------------------------------------------
+
+/**
+ * Creates the bridge with a fixed MAC derived from the gateway: a bridge without one takes the lowest MAC of
+ * its ports, which changes as pods come and go and leaves stale ARP entries in every pod.
+ */
+export async function createBridge(conf: NetConf): Promise<void> {
+  const mac = macFromAddress(conf.pools[0].gateway)
+  const r = await ipBatch([
+    { line: `link add name ${conf.bridge} address ${mac} type bridge`, why: 'bash: brctl addbr cni0 (done by hand)' },
+  ])
+  if (r.code !== 0 && !/File exists/.test(r.error)) throw kernelError(`cannot create bridge ${conf.bridge}`, r)
+}
+
+function cidrOf(pool: Pool, value: bigint): string {
+  return `${formatAddress(pool.family, value)}/${pool.subnet.prefix}`
+}
+
+/** IPv6 addresses skip duplicate address detection so they work the moment ADD returns. */
+const nodad = (pool: Pool) => (pool.family === 6 ? ' nodad' : '')
+
+// ---- one pod ---------------------------------------------------------------------------------------------
+
+export interface PodLinks {
+  bridgeMac: string
+  hostVethMac: string
+  podMac: string
+}
+
+export interface PodPlan {
+  conf: NetConf
+  netns: string
+  ifname: string
+  hostVeth: string
+  ips: { pool: Pool; ip: bigint }[]
+}
+
+/** Host side: the veth pair with its pod end created directly in the pod netns, attached to the bridge. */
+export function hostSteps(p: PodPlan): Step[] {
+  const { conf } = p
+  const mtu = conf.mtu ? ` mtu ${conf.mtu}` : ''
+  return [
+    {
+      line: `link add ${p.hostVeth}${mtu} type veth peer name ${p.ifname}${mtu} netns ${p.netns}`,
+      why: 'bash: ip link add $CNI_IFNAME type veth peer name $host_ifname; ip link set $CNI_IFNAME netns $CNI_CONTAINERID',
+    },
+    { line: `link set ${p.hostVeth} master ${conf.bridge} up`, why: 'bash: ip link set $host_ifname up; ip link set $host_ifname master cni0' },
+    ...(conf.hairpinMode ? [{ line: `link set ${p.hostVeth} type bridge_slave hairpin on`, why: 'new: a pod can reach itself through a Service VIP' }] : []),
+    // Re-asserted on every ADD (cheap and idempotent): heals a bridge whose address or state was lost.
+    ...conf.pools.map((pool) => ({
+      line: `addr replace ${cidrOf(pool, pool.gateway)} dev ${conf.bridge}${nodad(pool)}`,
+      why: 'bash: ip addr add <gateway> dev cni0 (done by hand)',
+    })),
+    { line: `link set ${conf.bridge} up`, why: 'bash: ip link set cni0 up (done by hand)' },
+    { line: `link show dev ${conf.bridge}` },
+    { line: `link show dev ${p.hostVeth}` },
+  ]
+}
+
+/** Pod side: address, link up and the default route via the bridge, then the MAC for the result. */
+export function podSteps(p: PodPlan): Step[] {
+  return [
+    ...p.ips.map(({ pool, ip }) => ({
+      line: `addr add ${cidrOf(pool, ip)} dev ${p.ifname}${nodad(pool)}`,
+      why: 'bash: ip netns exec $CNI_CONTAINERID ip addr add $ip/$mask dev $CNI_IFNAME',
+    })),
+    { line: `link set ${p.ifname} up`, why: 'bash: ip netns exec $CNI_CONTAINERID ip link set $CNI_IFNAME up' },
+    ...p.ips.map(({ pool }) => ({
+      line: `route add ${pool.family === 4 ? 'default' : '::/0'} via ${formatAddress(pool.family, pool.gateway)} dev ${p.ifname}`,
+      why: 'bash: ip netns exec $CNI_CONTAINERID ip route add default via $gw dev $CNI_IFNAME',
+    })),
+    { line: `link show dev ${p.ifname}`, why: 'bash: ip netns exec ... ip link show eth0 | awk (the MAC for the result)' },
+  ]
+}
+
+export async function setupPod(p: PodPlan, onSpawn: (pid: number) => void): Promise<PodLinks> {
+  const host = await ipBatch(hostSteps(p), undefined, onSpawn)
+  if (host.code !== 0) {
+    if (host.failedLine === 1 && /File exists/.test(host.error) && !linkExists(p.hostVeth))
+      throw new CniError(Code.AlreadyExists, `interface ${p.ifname} already exists in ${p.netns}`, 'DEL the old attachment or choose another CNI_IFNAME')
+    throw Object.assign(kernelError('cannot create the veth pair', host), { hostVethCreated: host.failedLine !== 1 })
+  }
+  const pod = await ipBatch(podSteps(p), p.netns, onSpawn)
+  if (pod.code !== 0) throw Object.assign(kernelError(`cannot configure ${p.ifname} in ${p.netns}`, pod), { hostVethCreated: true })
+  return { bridgeMac: host.json[0][0].address, hostVethMac: host.json[1][0].address, podMac: pod.json[0][0].address }
+}
+
+/** Deleting either end of a veth deletes both. Missing links and netns are not errors: DEL must be idempotent. */
+export async function teardownPod(netns: string, ifname: string, hostVeth?: string): Promise<void> {
+  if (hostVeth && linkExists(hostVeth)) {
+    const r = await ipBatch([{ line: `link del ${hostVeth}`, why: 'new: the bash DEL never removed the veth' }])
+    if (r.code !== 0 && linkExists(hostVeth)) throw kernelError(`cannot delete ${hostVeth}`, r)
+    return
+  }
+  if (!netns || !existsSync(netns)) return
+  const r = await ipBatch([{ line: `link del ${ifname}`, why: 'new: the bash DEL never removed the veth' }], netns)
+  if (r.code !== 0 && !/Cannot find device|does not exist/.test(r.error)) throw kernelError(`cannot delete ${ifname} in ${netns}`, r)
+}
+
+// ---- reading back, for CHECK ---------------------------------------------------------------------------------
+
+export interface PodState {
+  addresses: string[] // CIDR notation
+  gateways: string[] // of the default routes
+}
+
+export async function readPod(netns: string, ifname: string, families: (4 | 6)[]): Promise<PodState | undefined> {
+  const addr = await run(['nsenter', `--net=${netns}`, 'ip', '-j', 'addr', 'show', 'dev', ifname])
+  if (addr.code !== 0) return undefined
+  const info = JSON.parse(addr.stdout)[0]?.addr_info ?? []
+  const gateways: string[] = []
+  for (const f of families) {
+    const r = await run(['nsenter', `--net=${netns}`, 'ip', '-j', `-${f}`, 'route', 'show', 'default', 'dev', ifname])
+    if (r.code === 0) for (const route of JSON.parse(r.stdout)) if (route.gateway) gateways.push(route.gateway)
+  }
+  return {
+    addresses: info.filter((a: any) => a.scope === 'global').map((a: any) => `${a.local}/${a.prefixlen}`),
+    gateways,
+  }
+}
+
+export async function readMaster(link: string): Promise<string | undefined> {
+  const r = await run(['ip', '-j', 'link', 'show', 'dev', link])
+  return r.code === 0 ? JSON.parse(r.stdout)[0]?.master : undefined
+}

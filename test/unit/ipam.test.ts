@@ -1,0 +1,135 @@
+import { spawn } from 'node:child_process'
+import { existsSync, mkdirSync, mkdtempSync, readFileSync, readdirSync, rmSync, statSync, writeFileSync } from 'node:fs'
+import { tmpdir } from 'node:os'
+import { join } from 'node:path'
+import { buildSync } from 'esbuild'
+import { test } from 'uvu'
+import * as assert from 'uvu/assert'
+import { CniError } from '../../lib/cni.ts'
+import { formatAddress } from '../../lib/ip.ts'
+import { Store } from '../../lib/ipam.ts'
+import { parseNetConf } from '../../lib/netconf.ts'
+
+let dir = ''
+test.before.each(() => {
+  dir = mkdtempSync(join(tmpdir(), 'kube-cni-ipam-'))
+})
+test.after.each(() => rmSync(dir, { recursive: true, force: true }))
+
+const confFor = (subnet: string, extra: Record<string, unknown> = {}) =>
+  parseNetConf(JSON.stringify({ cniVersion: '1.0.0', name: 'net', network: '10.200.0.0/16', subnet, dataDir: dir, ...extra }))
+const who = (containerId: string) => ({ containerId, ifname: 'eth0' })
+
+function take(store: Store, conf: ReturnType<typeof confFor>, id: string): string {
+  const a = store.open(who(id))
+  try {
+    return formatAddress(4, a.reserve(conf.pools[0]))
+  } finally {
+    a.close()
+  }
+}
+
+test('one file per IP, created 0600 with "containerID\\r\\nifname", round-robin from last_reserved_ip', () => {
+  const conf = confFor('10.200.1.0/24')
+  const store = new Store(dir, 'net')
+  assert.is(take(store, conf, 'a'), '10.200.1.2') // .1 is the gateway
+  assert.is(take(store, conf, 'b'), '10.200.1.3')
+  const file = join(dir, 'net', '10.200.1.2')
+  assert.is(readFileSync(file, 'utf8'), 'a\r\neth0')
+  assert.is(statSync(file).mode & 0o777, 0o600)
+  assert.is(readFileSync(join(dir, 'net', 'last_reserved_ip.4'), 'utf8'), '10.200.1.3')
+  // Freed addresses are not reused at once: round-robin goes on from the cursor.
+  assert.ok(store.free('10.200.1.2', who('a')))
+  assert.is(take(store, conf, 'c'), '10.200.1.4')
+})
+
+test('a /28 holds 13 pods: never the network, the gateway or the broadcast', () => {
+  const conf = confFor('10.200.1.16/28')
+  const store = new Store(dir, 'net')
+  const got = Array.from({ length: 13 }, (_, i) => take(store, conf, `c${i}`))
+  assert.is(new Set(got).size, 13)
+  for (const banned of ['10.200.1.16', '10.200.1.17', '10.200.1.31']) assert.not.ok(got.includes(banned), banned)
+  try {
+    take(store, conf, 'c13')
+    assert.unreachable()
+  } catch (e) {
+    assert.is((e as CniError).code, 101)
+    assert.match((e as Error).message, /10\.200\.1\.16\/28/)
+    assert.match((e as CniError).details, /GC/)
+  }
+})
+
+test('the cursor wraps around to the start of the pool', () => {
+  const conf = confFor('10.200.1.0/29') // hosts .2 .. .6
+  const store = new Store(dir, 'net')
+  mkdirSync(store.dir)
+  writeFileSync(join(store.dir, 'last_reserved_ip.4'), '10.200.1.6')
+  assert.is(take(store, conf, 'a'), '10.200.1.2')
+})
+
+test('a second open for the same (containerID, ifname) is an error', () => {
+  const store = new Store(dir, 'net')
+  store.open(who('a')).close()
+  try {
+    store.open(who('a'))
+    assert.unreachable()
+  } catch (e) {
+    assert.is((e as CniError).code, 102)
+  }
+})
+
+test('free releases only what the owner holds', () => {
+  const conf = confFor('10.200.1.0/24')
+  const store = new Store(dir, 'net')
+  const ip = take(store, conf, 'a')
+  assert.not.ok(store.free(ip, who('b')))
+  assert.not.ok(store.free(ip, { containerId: 'a', ifname: 'net1' }))
+  assert.ok(store.free(ip, who('a')))
+  assert.not.ok(store.free(ip, who('a'))) // idempotent
+})
+
+test('the record is written ahead: it names each candidate before that IP file exists', () => {
+  const conf = confFor('10.200.1.0/24')
+  const store = new Store(dir, 'net')
+  take(store, conf, 'z') // .2 is taken, so 'a' tries .3
+  const a = store.open(who('a'))
+  const tried: string[] = []
+  store.reserve(conf.pools[0], who('probe'), (ip) => {
+    tried.push(ip)
+    assert.not.ok(existsSync(join(dir, 'net', ip)), `${ip} must not exist before it is tried`)
+  })
+  a.reserve(conf.pools[0])
+  a.setHostVeth('veth00000000')
+  a.close()
+  assert.equal(tried, ['10.200.1.3'])
+  assert.equal(store.readRecord(who('a')), { ips: ['10.200.1.4'], hostVeth: 'veth00000000', pids: undefined })
+})
+
+test('an empty IP file (creator killed between create and write) can be freed by the record holder', () => {
+  const store = new Store(dir, 'net')
+  store.open(who('a')).close()
+  writeFileSync(join(dir, 'net', '10.200.1.9'), '')
+  assert.is(store.ownerOf('10.200.1.9'), null)
+  assert.ok(store.free('10.200.1.9', who('a')))
+})
+
+test('50 processes allocating at once get 50 distinct IPs', async () => {
+  const worker = join(dir, 'worker.cjs')
+  buildSync({ entryPoints: [join(__dirname, '..', 'helpers', 'ipam-worker.ts')], bundle: true, platform: 'node', format: 'cjs', outfile: worker, logLevel: 'error' })
+  const data = join(dir, 'data')
+  const run = (id: string) =>
+    new Promise<string>((resolve, reject) => {
+      const child = spawn(process.execPath, [worker, data, id])
+      let out = ''
+      child.stdout.on('data', (d) => (out += d))
+      child.on('close', (code) => (code === 0 ? resolve(out) : reject(new Error(`worker ${id} exited ${code}`))))
+    })
+  const values = await Promise.all(Array.from({ length: 50 }, (_, i) => run(`c${i}`)))
+  assert.is(new Set(values).size, 50)
+  const files = readdirSync(join(data, 'net')).filter((f) => f.startsWith('10.'))
+  assert.is(files.length, 50)
+  const owners = new Set(files.map((f) => readFileSync(join(data, 'net', f), 'utf8')))
+  assert.is(owners.size, 50)
+})
+
+test.run()
