@@ -1,0 +1,134 @@
+// The rest of the spec through the real binary: VERSION, GC, STATUS, CNI_ARGS, and hostile input.
+import { existsSync, readFileSync, readdirSync } from 'node:fs'
+import { join } from 'node:path'
+import { test } from 'uvu'
+import * as assert from 'uvu/assert'
+import { Node, TMP, cleanupAll, nsPath } from '../helpers/cluster.ts'
+
+test.after.each(cleanupAll)
+
+const reserved = (node: Node) => readdirSync(join(String(node.conf.dataDir), 'k8s-pod-network')).filter((f) => /^\d+\.\d+\.\d+\.\d+$/.test(f))
+
+test('VERSION echoes the version asked for and lists every supported one', async () => {
+  const node = new Node()
+  for (const asked of ['0.3.1', '1.1.0']) {
+    const r = await node.cni({ command: 'VERSION', input: JSON.stringify({ cniVersion: asked }) })
+    assert.is(r.code, 0)
+    assert.equal(r.json, { cniVersion: asked, supportedVersions: ['0.3.0', '0.3.1', '0.4.0', '1.0.0', '1.1.0'] })
+  }
+})
+
+test('VERSION with the dummies podman sends still answers', async () => {
+  const node = new Node()
+  const r = await node.cni({ command: 'VERSION', netns: 'dummy', ifname: 'dummy', env: { CNI_PATH: 'dummy' }, input: '{"cniVersion":"1.0.0"}' })
+  assert.is(r.code, 0)
+  assert.is(r.json.cniVersion, '1.0.0')
+})
+
+test('an unsupported cniVersion gets error code 1', async () => {
+  const node = new Node({ cniVersion: '0.2.0' })
+  const r = await node.cni({ command: 'ADD', containerId: 'c1', netns: nsPath(node.pod()) })
+  assert.is(r.code, 1)
+  assert.is(r.json.code, 1)
+  assert.match(r.json.msg, /0\.2\.0/)
+})
+
+test('GC frees every attachment not listed as valid, with its veth, and accepts both key names', async () => {
+  for (const key of ['cni.dev/valid-attachments', 'cni.dev/attachments']) {
+    const node = new Node({ cniVersion: '1.1.0' })
+    const keep = await node.addPod('keep')
+    await node.addPod('gone1')
+    await node.addPod('gone2')
+    const r = await node.cni({ command: 'GC' }, { ...node.conf, [key]: [{ containerID: 'keep', ifname: 'eth0' }] })
+    assert.is(r.code, 0, r.stdout + r.stderr)
+    assert.is(r.stdout, '', 'GC prints nothing on success')
+    assert.equal(reserved(node), [keep.result.ips[0].address.split('/')[0]])
+    assert.equal(node.ip('link', 'show', 'type', 'veth').map((l: any) => l.ifname), [keep.result.interfaces[1].name])
+    cleanupAll()
+  }
+})
+
+test('GC and STATUS are refused below 1.1.0 with code 1', async () => {
+  const node = new Node({ cniVersion: '1.0.0' })
+  for (const command of ['GC', 'STATUS']) {
+    const r = await node.cni({ command }, { ...node.conf, 'cni.dev/valid-attachments': [] })
+    assert.is(r.json.code, 1, command)
+  }
+})
+
+test('STATUS is ok while addresses are free, and code 50 once the pool is exhausted', async () => {
+  const node = new Node({ cniVersion: '1.1.0', subnet: '10.200.1.0/29' })
+  assert.is((await node.cni({ command: 'STATUS' })).code, 0)
+  for (let i = 0; i < 5; i++) await node.addPod(`c${i}`)
+  const r = await node.cni({ command: 'STATUS' })
+  assert.is(r.code, 1)
+  assert.is(r.json.code, 50)
+  assert.match(r.json.msg, /10\.200\.1\.0\/29/)
+})
+
+test('the log names the pod from CNI_ARGS, with the container, the result and the duration', async () => {
+  const node = new Node()
+  const args = 'IgnoreUnknown=1;K8S_POD_NAMESPACE=shop;K8S_POD_NAME=web-0;K8S_POD_UID=0c9d'
+  const r = await node.cni({ command: 'ADD', containerId: 'c1', netns: nsPath(node.pod()), args })
+  assert.is(r.code, 0)
+  const line = readFileSync(String(node.conf.logFile), 'utf8').trim().split('\n').pop()!
+  assert.match(line, /ADD c1\/eth0 pod=shop\/web-0: ok 10\.200\.1\.\d+\/24 \(\d+\.\dms\)/)
+  assert.ok(r.stderr.includes('pod=shop/web-0'), 'logs go to stderr too')
+  assert.not.ok(r.stdout.includes('pod=shop'), 'never to stdout')
+})
+
+test('hostile input is refused and nothing runs: a container ID with a command in it', async () => {
+  const node = new Node()
+  const marker = join(TMP, 'F')
+  const r = await node.cni({ command: 'ADD', containerId: `x;touch ${marker}`, netns: nsPath(node.pod()) })
+  assert.is(r.json.code, 4)
+  assert.match(r.json.msg, /CNI_CONTAINERID/)
+  assert.not.ok(existsSync(marker))
+  assert.not.ok(existsSync('F'))
+})
+
+test('hostile input: a network name that climbs out of dataDir', async () => {
+  const node = new Node({ name: '../../etc' })
+  const r = await node.cni({ command: 'ADD', containerId: 'c1', netns: nsPath(node.pod()) })
+  assert.is(r.json.code, 7)
+  assert.match(r.json.msg, /"name"/)
+  assert.not.ok(existsSync(String(node.conf.dataDir)), 'no directory was created')
+})
+
+test('hostile input: a 16-character ifname', async () => {
+  const node = new Node()
+  const r = await node.cni({ command: 'ADD', containerId: 'c1', netns: nsPath(node.pod()), ifname: 'eth0123456789012' })
+  assert.is(r.json.code, 4)
+  assert.match(r.json.msg, /CNI_IFNAME/)
+})
+
+test('hostile input: a netns path that would inject an ip -batch line', async () => {
+  const node = new Node()
+  const r = await node.cni({ command: 'ADD', containerId: 'c1', netns: `${nsPath(node.pod())}\nlink del cni0` })
+  assert.is(r.json.code, 4)
+  assert.match(r.json.msg, /CNI_NETNS/)
+})
+
+test('hostile input: a 3 MB stdin gets code 6', async () => {
+  const node = new Node()
+  const r = await node.cni({ command: 'ADD', containerId: 'c1', netns: nsPath(node.pod()), input: JSON.stringify({ ...node.conf, pad: 'x'.repeat(3 << 20) }) })
+  assert.is(r.code, 1)
+  assert.is(r.json.code, 6)
+})
+
+test('a netns that does not exist gets code 4 naming CNI_NETNS', async () => {
+  const node = new Node()
+  const r = await node.cni({ command: 'ADD', containerId: 'c1', netns: '/var/run/netns/kube-cni-no-such-netns' })
+  assert.is(r.json.code, 4)
+  assert.match(r.json.msg, /CNI_NETNS/)
+})
+
+test('stdin that is not JSON gets code 6, a missing variable code 4', async () => {
+  const node = new Node()
+  assert.is((await node.cni({ command: 'ADD', containerId: 'c1', netns: nsPath(node.pod()), input: 'not json' })).json.code, 6)
+  const r = await node.cni({ command: 'ADD', containerId: '', netns: nsPath(node.pod()) })
+  assert.is(r.json.code, 4)
+  assert.match(r.json.msg, /CNI_CONTAINERID/)
+})
+
+test.run()
