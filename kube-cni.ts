@@ -283,6 +283,9 @@ As a CNI plugin (how a container runtime calls it):
   Set KUBE_CNI_EXPLAIN=1 to print every kernel step as the shell line that does it by hand.
 
 As a command:
+  kube-cni routes ...   routes to the other nodes' pods (host-gw or vxlan); kube-cni routes --help
+  kube-cni lab up|down|status|demo [--nodes N] [--pods M] [--backend host-gw|vxlan] [--keep] [--explain]
+                        a virtual cluster in network namespaces
   kube-cni --help       this text
   kube-cni --version    the version
 
@@ -294,8 +297,11 @@ async function main(): Promise<void> {
     process.exitCode = await cni()
     return
   }
-  const [verb] = process.argv.slice(2)
-  if (verb === '--version') process.stdout.write(`kube-cni ${version}\n`)
+  const [verb, ...rest] = process.argv.slice(2)
+  // Commands other than the CNI ones load their modules only when asked, keeping ADD's start-up small.
+  if (verb === 'routes') process.exitCode = await (await import('./lib/routes.ts')).routesCommand(rest)
+  else if (verb === 'lab') process.exitCode = await (await import('./lib/lab.ts')).labCommand(rest)
+  else if (verb === '--version') process.stdout.write(`kube-cni ${version}\n`)
   else if (verb === '--help' || verb === '-h' || verb === undefined) process.stdout.write(USAGE)
   else {
     process.stderr.write(`kube-cni: unknown command ${JSON.stringify(verb)}\n\n${USAGE}`)
@@ -303,4 +309,7 @@ async function main(): Promise<void> {
   }
 }
 
-void main()
+main().catch((e) => {
+  process.stderr.write(`kube-cni: ${(e as Error).message}\n`)
+  process.exitCode = 1
+})

@@ -37,6 +37,8 @@ export function newNetns(role: string): string {
 }
 
 export function delNetns(name: string): void {
+  // Processes inside (echo servers) would outlive the netns's name; end them first.
+  for (const pid of sh(['ip', 'netns', 'pids', name]).stdout.split('\n').filter(Boolean)) sh(['kill', '-KILL', pid])
   sh(['ip', 'netns', 'del', name])
   created.delete(name)
 }
@@ -73,6 +75,11 @@ export interface Call {
   args?: string
   env?: Record<string, string>
   input?: string // raw stdin, instead of the node's conf
+}
+
+/** Runs `kube-cni <args>` (not as a CNI plugin) inside a netns. */
+export function kubeCni(ns: string, args: string[], input = ''): { code: number; stdout: string; stderr: string } {
+  return sh(['nsenter', `--net=${nsPath(ns)}`, PLUGIN, ...args], input)
 }
 
 /** A node: its own netns, data dir and log file, and a conf like install.sh writes. */

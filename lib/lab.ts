@@ -1,0 +1,395 @@
+// `kube-cni lab`: a virtual cluster built from network namespaces, to watch kube-cni work without a
+// Kubernetes. Everything it creates lives in netns named kcl-*; the root netns is never changed.
+//
+//   outside 203.0.113.10 ── router ── segment A 192.0.2.0/24: node1, node2 (host-gw), ...
+//                                 └─ segment B 198.51.100.0/24: the even nodes, with --backend vxlan
+//   node N: podCIDR 10.200.N.0/24, bridge cni0, pods kcl-nNpM
+//
+// The addresses are the documentation ranges (RFC 5737): they exist only inside the lab.
+import { spawn } from 'node:child_process'
+import { existsSync, mkdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs'
+import { join } from 'node:path'
+import { parseArgs } from 'node:util'
+import { explain } from './exec.ts'
+
+const PREFIX = 'kcl-'
+const STATE_DIR = '/run/kube-cni-lab'
+const PORT = 7777
+const NETWORK = '10.200.0.0/16'
+const ROUTER = `${PREFIX}router`
+const OUTSIDE = `${PREFIX}outside`
+const OUTSIDE_IP = '203.0.113.10'
+const SEGMENTS = { A: { net: '192.0.2', router: '192.0.2.254' }, B: { net: '198.51.100', router: '198.51.100.254' } }
+
+export interface LabOptions {
+  nodes: number
+  pods: number
+  backend: 'host-gw' | 'vxlan'
+}
+
+interface LabNode {
+  name: string // as Kubernetes would call it: node1
+  ns: string // its netns
+  ip: string // its InternalIP
+  subnet: string // its podCIDR
+  pods: { name: string; ns: string; ip: string }[]
+}
+
+interface LabState extends LabOptions {
+  nodes: LabNode[]
+}
+
+// ---- running things ------------------------------------------------------------------------------------
+
+async function zx() {
+  const { $ } = await import('zx/core')
+  return $({ quiet: true })
+}
+
+/** The plugin itself, as this process was started (the bundle under node, or kube-cni.ts under tsx). */
+function self(): string[] {
+  return [process.execPath, ...process.execArgv, process.argv[1]]
+}
+
+function show(line: string): void {
+  if (explain.enabled) process.stderr.write(`  ${line}\n`)
+}
+
+async function ipIn(ns: string, ...args: string[]): Promise<void> {
+  const $ = await zx()
+  show(`ip -n ${ns} ${args.join(' ')}`)
+  await $`ip -n ${ns} ${args}`
+}
+
+async function sysctl(ns: string, key: string): Promise<void> {
+  const $ = await zx()
+  show(`ip netns exec ${ns} sysctl -w ${key}=1`)
+  await $`ip netns exec ${ns} sysctl -qw ${key}=1`
+}
+
+async function addNetns(ns: string): Promise<void> {
+  const $ = await zx()
+  show(`ip netns add ${ns}`)
+  await $`ip netns add ${ns}`
+  await ipIn(ns, 'link', 'set', 'lo', 'up')
+}
+
+/** A veth from the router's segment bridge into `ns` as eth0, with an address and a default route. */
+async function plugIn(ns: string, routerEnd: string, bridge: string, cidr: string, gateway: string): Promise<void> {
+  await ipIn(ROUTER, 'link', 'add', routerEnd, 'type', 'veth', 'peer', 'name', 'eth0', 'netns', ns)
+  await ipIn(ROUTER, 'link', 'set', routerEnd, 'master', bridge, 'up')
+  await ipIn(ns, 'addr', 'add', cidr, 'dev', 'eth0')
+  await ipIn(ns, 'link', 'set', 'eth0', 'up')
+  await ipIn(ns, 'route', 'add', 'default', 'via', gateway)
+}
+
+// ---- up ------------------------------------------------------------------------------------------------
+
+export function planLab(o: LabOptions): LabState {
+  const nodes = Array.from({ length: o.nodes }, (_, k) => {
+    const i = k + 1
+    const seg = o.backend === 'vxlan' && i % 2 === 0 ? SEGMENTS.B : SEGMENTS.A
+    return {
+      name: `node${i}`,
+      ns: `${PREFIX}node${i}`,
+      ip: `${seg.net}.${10 + i}`,
+      subnet: `10.200.${i}.0/24`,
+      pods: [] as LabNode['pods'],
+    }
+  })
+  return { ...o, nodes }
+}
+
+/** What install.sh writes to /etc/cni/net.d: a conflist, so the lab exercises the same shape. */
+export function nodeConflist(subnet: string, dir: string, mtu?: number): object {
+  return {
+    cniVersion: '1.0.0',
+    name: 'k8s-pod-network',
+    plugins: [{ type: 'kube-cni', network: NETWORK, subnet, dataDir: join(dir, 'ipam'), logFile: join(dir, 'kube-cni.log'), ...(mtu ? { mtu } : {}) }],
+  }
+}
+
+export function nodeList(state: LabState): object {
+  return {
+    apiVersion: 'v1',
+    kind: 'NodeList',
+    items: state.nodes.map((n) => ({
+      metadata: { name: n.name },
+      spec: { podCIDR: n.subnet, podCIDRs: [n.subnet] },
+      status: { addresses: [{ type: 'InternalIP', address: n.ip }, { type: 'Hostname', address: n.name }] },
+    })),
+  }
+}
+
+async function up(o: LabOptions): Promise<LabState> {
+  await down(true)
+  const state = planLab(o)
+  mkdirSync(STATE_DIR, { recursive: true, mode: 0o700 })
+
+  // The underlay: a router netns holding both segments' switches and the link to the outside host.
+  await addNetns(ROUTER)
+  await sysctl(ROUTER, 'net.ipv4.ip_forward')
+  for (const [name, seg] of Object.entries(SEGMENTS)) {
+    await ipIn(ROUTER, 'link', 'add', `seg${name}`, 'type', 'bridge')
+    await ipIn(ROUTER, 'addr', 'add', `${seg.router}/24`, 'dev', `seg${name}`)
+    await ipIn(ROUTER, 'link', 'set', `seg${name}`, 'up')
+  }
+  await addNetns(OUTSIDE)
+  await ipIn(ROUTER, 'link', 'add', 'out', 'type', 'veth', 'peer', 'name', 'eth0', 'netns', OUTSIDE)
+  await ipIn(ROUTER, 'addr', 'add', '203.0.113.1/24', 'dev', 'out')
+  await ipIn(ROUTER, 'link', 'set', 'out', 'up')
+  await ipIn(OUTSIDE, 'addr', 'add', `${OUTSIDE_IP}/24`, 'dev', 'eth0')
+  await ipIn(OUTSIDE, 'link', 'set', 'eth0', 'up')
+  // The outside host knows the nodes' networks but not the pods': pods reach it only when masqueraded.
+  for (const seg of Object.values(SEGMENTS)) await ipIn(OUTSIDE, 'route', 'add', `${seg.net}.0/24`, 'via', '203.0.113.1')
+
+  for (const node of state.nodes) {
+    const seg = node.ip.startsWith(SEGMENTS.B.net) ? 'B' : 'A'
+    await addNetns(node.ns)
+    await plugIn(node.ns, node.name, `seg${seg}`, `${node.ip}/24`, SEGMENTS[seg].router)
+  }
+
+  // What install.sh does on each node, then every pod's ADD exactly as a runtime sends it.
+  const vxlanMtu = o.backend === 'vxlan' ? 1450 : undefined
+  for (const node of state.nodes) {
+    const dir = join(STATE_DIR, node.name)
+    mkdirSync(join(dir, 'net.d'), { recursive: true })
+    writeFileSync(join(dir, 'net.d', '10-kube-cni.conflist'), JSON.stringify(nodeConflist(node.subnet, dir, vxlanMtu), null, 2))
+  }
+  for (const node of state.nodes) {
+    for (let j = 1; j <= o.pods; j++) {
+      const pod = { name: `${node.name.replace('node', 'n')}-p${j}`, ns: `${PREFIX}${node.name.replace('node', 'n')}p${j}`, ip: '' }
+      await addNetns(pod.ns)
+      const result = await cniAdd(node, pod)
+      pod.ip = result.ips[0].address.split('/')[0]
+      node.pods.push(pod)
+    }
+  }
+
+  writeFileSync(join(STATE_DIR, 'nodes.json'), JSON.stringify(nodeList(state), null, 2))
+  for (const node of state.nodes) await runRoutes(node, o.backend)
+  writeFileSync(join(STATE_DIR, 'state.json'), JSON.stringify(state, null, 2))
+  return state
+}
+
+function netconfOf(node: LabNode): string {
+  const list = JSON.parse(readFileSync(join(STATE_DIR, node.name, 'net.d', '10-kube-cni.conflist'), 'utf8'))
+  // What libcni does with a conflist: each plugin gets cniVersion and name from the list.
+  return JSON.stringify({ cniVersion: list.cniVersion, name: list.name, ...list.plugins[0] })
+}
+
+function runIn(ns: string, argv: string[], env: Record<string, string>, input: string): Promise<{ code: number; stdout: string; stderr: string }> {
+  return new Promise((resolve, reject) => {
+    const child = spawn('nsenter', [`--net=/var/run/netns/${ns}`, ...argv], { env: { PATH: process.env.PATH ?? '/usr/sbin:/usr/bin:/sbin:/bin', ...env } })
+    let stdout = ''
+    let stderr = ''
+    child.stdout.on('data', (d) => (stdout += d))
+    child.stderr.on('data', (d) => {
+      stderr += d
+      if (explain.enabled) process.stderr.write(d)
+    })
+    child.on('error', reject)
+    child.on('close', (code) => resolve({ code: code ?? 1, stdout, stderr }))
+    child.stdin.end(input)
+  })
+}
+
+async function cniAdd(node: LabNode, pod: { name: string; ns: string }): Promise<any> {
+  show(`# ADD ${pod.name} on ${node.name}: the runtime execs kube-cni in the node's netns`)
+  const env = {
+    CNI_COMMAND: 'ADD',
+    CNI_CONTAINERID: `lab-${pod.name}`,
+    CNI_NETNS: `/var/run/netns/${pod.ns}`,
+    CNI_IFNAME: 'eth0',
+    CNI_PATH: '/opt/cni/bin',
+    CNI_ARGS: `IgnoreUnknown=1;K8S_POD_NAMESPACE=lab;K8S_POD_NAME=${pod.name}`,
+    ...(explain.enabled ? { KUBE_CNI_EXPLAIN: '1' } : {}),
+  }
+  const r = await runIn(node.ns, self(), env, netconfOf(node))
+  if (r.code !== 0) throw new Error(`ADD ${pod.name} failed: ${r.stdout}${r.stderr}`)
+  return JSON.parse(r.stdout)
+}
+
+async function runRoutes(node: LabNode, backend: string): Promise<void> {
+  show(`# kube-cni routes on ${node.name}`)
+  const args = ['routes', '--node', node.name, '--nodes-json', join(STATE_DIR, 'nodes.json'), '--backend', backend, ...(explain.enabled ? ['--explain'] : [])]
+  const r = await runIn(node.ns, [...self(), ...args], {}, '')
+  if (r.code !== 0) throw new Error(`kube-cni routes on ${node.name} failed: ${r.stderr}`)
+}
+
+// ---- the report ----------------------------------------------------------------------------------------
+
+// A TCP echo that answers each connection with the address it saw the connection come from.
+const ECHO_SERVER = `require('net').createServer((s) => s.end(s.remoteAddress.replace(/^::ffff:/, '') + '\\n')).listen(${PORT}, '0.0.0.0')`
+// Connects to each target in turn and prints {target: seen source, or null when unreachable}.
+const ECHO_CLIENT = `
+const net = require('net')
+const one = (host) => new Promise((done) => {
+  const s = net.connect({ host, port: ${PORT}, timeout: 1500 })
+  let seen = ''
+  s.on('data', (d) => (seen += d))
+  s.on('end', () => done(seen.trim() || null))
+  s.on('timeout', () => { s.destroy(); done(null) })
+  s.on('error', () => done(null))
+})
+;(async () => {
+  const out = {}
+  for (const host of process.argv.slice(1)) out[host] = await one(host)
+  process.stdout.write(JSON.stringify(out))
+})()`
+
+export async function startEchoServers(namespaces: string[]): Promise<void> {
+  for (const ns of namespaces) {
+    const child = spawn('nsenter', [`--net=/var/run/netns/${ns}`, process.execPath, '-e', ECHO_SERVER], { detached: true, stdio: 'ignore' })
+    child.unref()
+  }
+  // Wait until every server listens: the first probe of each may race its start-up.
+  for (let i = 0; i < 50; i++) {
+    const listening = await Promise.all(namespaces.map((ns) => runIn(ns, ['ss', '-Hltn', `sport = :${PORT}`], {}, '')))
+    if (listening.every((r) => r.stdout.trim())) return
+    await new Promise((r) => setTimeout(r, 50))
+  }
+  throw new Error('the echo servers did not start')
+}
+
+export async function probe(ns: string, targets: string[]): Promise<Record<string, string | null>> {
+  const r = await runIn(ns, [process.execPath, '-e', ECHO_CLIENT, ...targets], {}, '')
+  return JSON.parse(r.stdout)
+}
+
+export interface Report {
+  text: string
+  podToPod: { from: string; to: string; ok: boolean; kept: boolean }[]
+  outside: { from: string; ok: boolean; seenAs: string | null }[]
+}
+
+async function report(state: LabState): Promise<Report> {
+  const pods = state.nodes.flatMap((n) => n.pods.map((p) => ({ ...p, node: n })))
+  await startEchoServers([...pods.map((p) => p.ns), OUTSIDE])
+  const lines: string[] = []
+  lines.push(`kube-cni lab: ${state.nodes.length} nodes, ${pods.length} pods, backend ${state.backend}`, '')
+  lines.push('Topology')
+  for (const n of state.nodes) {
+    lines.push(`  ${n.name}  InternalIP ${n.ip}  podCIDR ${n.subnet}${n.ip.startsWith(SEGMENTS.B.net) ? '  (behind the router)' : ''}`)
+    for (const p of n.pods) lines.push(`    ${p.name.padEnd(8)} ${p.ip}`)
+  }
+
+  const podToPod: Report['podToPod'] = []
+  const outside: Report['outside'] = []
+  const seen = await Promise.all(pods.map((p) => probe(p.ns, [...pods.map((q) => q.ip), OUTSIDE_IP])))
+  const w = Math.max(10, ...pods.map((p) => p.name.length)) + 2
+  lines.push('', 'Pod to pod over TCP (✓ reached, ✗ not; "kept" = the server saw the client pod\'s own IP)')
+  lines.push(`  ${'from \\ to'.padEnd(w)}${pods.map((p) => p.name.padEnd(16)).join('')}`)
+  pods.forEach((from, i) => {
+    const cells = pods.map((to) => {
+      const got = seen[i][to.ip]
+      podToPod.push({ from: from.name, to: to.name, ok: got !== null, kept: got === from.ip })
+      return (got === null ? '✗' : got === from.ip ? '✓ kept' : `✓ NAT ${got}`).padEnd(16)
+    })
+    lines.push(`  ${from.name.padEnd(w)}${cells.join('')}`)
+  })
+  lines.push('', `Pod to the outside host ${OUTSIDE_IP} (not in the cluster: it should see the node's IP)`)
+  pods.forEach((from, i) => {
+    const got = seen[i][OUTSIDE_IP]
+    outside.push({ from: from.name, ok: got !== null, seenAs: got })
+    lines.push(`  ${from.name.padEnd(w)}${got === null ? '✗ unreachable' : `✓ seen as ${got}${got === from.node.ip ? ` (masqueraded to ${from.node.name})` : ''}`}`)
+  })
+  const bad = podToPod.filter((p) => !p.ok || !p.kept).length + outside.filter((o) => !o.ok).length
+  lines.push('', bad ? `${bad} checks FAILED` : 'All pods reach each other with their own IPs, and the outside through NAT.')
+  return { text: lines.join('\n'), podToPod, outside }
+}
+
+// ---- down and status -----------------------------------------------------------------------------------
+
+async function labNamespaces(): Promise<string[]> {
+  const $ = await zx()
+  const out = await $`ip netns list`
+  return out.stdout
+    .split('\n')
+    .map((l) => l.split(' ')[0])
+    .filter((n) => n.startsWith(PREFIX))
+}
+
+/** Removes every kcl-* netns (a crashed lab's too) and the processes inside them. */
+export async function down(quiet = false): Promise<number> {
+  const $ = await zx()
+  const namespaces = await labNamespaces()
+  for (const ns of namespaces) {
+    const pids = (await $`ip netns pids ${ns}`.nothrow()).stdout.split('\n').filter(Boolean)
+    for (const pid of pids) {
+      try {
+        process.kill(Number(pid), 'SIGKILL')
+      } catch {
+        // already gone
+      }
+    }
+    show(`ip netns del ${ns}`)
+    await $`ip netns del ${ns}`.nothrow()
+  }
+  rmSync(STATE_DIR, { recursive: true, force: true })
+  if (!quiet) process.stderr.write(`kube-cni lab: removed ${namespaces.length} network namespaces\n`)
+  return namespaces.length
+}
+
+function status(): number {
+  const file = join(STATE_DIR, 'state.json')
+  if (!existsSync(file)) {
+    process.stdout.write('kube-cni lab: not running (start it with: kube-cni lab up)\n')
+    return 1
+  }
+  const state: LabState = JSON.parse(readFileSync(file, 'utf8'))
+  process.stdout.write(`kube-cni lab: ${state.nodes.length} nodes, backend ${state.backend}\n`)
+  for (const n of state.nodes) process.stdout.write(`  ${n.name} ${n.ip} ${n.subnet}: ${n.pods.map((p) => `${p.name}=${p.ip}`).join(' ')}\n`)
+  return 0
+}
+
+function explore(state: LabState): string {
+  const [a, b] = [state.nodes[0], state.nodes[state.nodes.length - 1]]
+  const [p, q] = [a.pods[0], b.pods[b.pods.length - 1]]
+  return [
+    '',
+    'The lab is still up. Look around:',
+    `  sudo ip netns exec ${a.ns} ip route                 # ${a.name}'s routes, with proto 211 for the other nodes`,
+    `  sudo ip netns exec ${a.ns} iptables -t nat -S       # the masquerade chain`,
+    `  sudo ip netns exec ${p.ns} ping -c 2 ${q.ip}         # ${p.name} to ${q.name}`,
+    `  sudo cat ${join(STATE_DIR, a.name, 'kube-cni.log')}`,
+    'Remove it with: sudo npm run demo -- down   (or: kube-cni lab down)',
+  ].join('\n')
+}
+
+// ---- the command ---------------------------------------------------------------------------------------
+
+export async function labCommand(argv: string[]): Promise<number> {
+  const { values: o, positionals } = parseArgs({
+    args: argv,
+    allowPositionals: true,
+    options: {
+      nodes: { type: 'string', default: '2' },
+      pods: { type: 'string', default: '2' },
+      backend: { type: 'string', default: 'host-gw' },
+      keep: { type: 'boolean', default: false },
+      explain: { type: 'boolean', default: false },
+    },
+  })
+  const verb = positionals[0] ?? 'demo'
+  if (process.getuid?.() !== 0) throw new Error('the lab creates network namespaces: run it as root (sudo)')
+  if (o.explain) explain.enabled = true
+  const opts: LabOptions = { nodes: Number(o.nodes), pods: Number(o.pods), backend: o.backend as LabOptions['backend'] }
+  if (!(opts.nodes >= 1 && opts.nodes <= 50 && opts.pods >= 1 && opts.pods <= 50)) throw new Error('--nodes and --pods take 1 to 50')
+  if (opts.backend !== 'host-gw' && opts.backend !== 'vxlan') throw new Error('--backend is host-gw or vxlan')
+  if (verb === 'down') return (await down()), 0
+  if (verb === 'status') return status()
+  if (verb !== 'up' && verb !== 'demo') throw new Error(`unknown lab command ${verb}: use up, down, status or demo`)
+  const started = Date.now()
+  try {
+    const state = await up(opts)
+    const r = await report(state)
+    process.stdout.write(`${r.text}\n`)
+    const keep = verb === 'up' || o.keep
+    if (keep) process.stdout.write(`${explore(state)}\n`)
+    process.stdout.write(`\n(${((Date.now() - started) / 1000).toFixed(1)} s)\n`)
+    return r.podToPod.every((p) => p.ok && p.kept) && r.outside.every((x) => x.ok) ? 0 : 1
+  } finally {
+    if (verb === 'demo' && !o.keep) await down(true)
+  }
+}
