@@ -286,6 +286,8 @@ As a command:
   kube-cni routes ...   routes to the other nodes' pods (host-gw or vxlan); kube-cni routes --help
   kube-cni lab up|down|status|demo [--nodes N] [--pods M] [--backend host-gw|vxlan] [--keep] [--explain]
                         a virtual cluster in network namespaces
+  kube-cni conflist --network CIDR[,CIDR] (--subnet CIDR[,CIDR] | --node NAME [--kubectl PATH]) [--out FILE]
+                        the node's /etc/cni/net.d/10-kube-cni.conflist (what install.sh writes)
   kube-cni --help       this text
   kube-cni --version    the version
 
@@ -301,6 +303,7 @@ async function main(): Promise<void> {
   // Commands other than the CNI ones load their modules only when asked, keeping ADD's start-up small.
   if (verb === 'routes') process.exitCode = await (await import('./lib/routes.ts')).routesCommand(rest)
   else if (verb === 'lab') process.exitCode = await (await import('./lib/lab.ts')).labCommand(rest)
+  else if (verb === 'conflist') process.exitCode = await (await import('./lib/conflist.ts')).conflistCommand(rest)
   else if (verb === '--version') process.stdout.write(`kube-cni ${version}\n`)
   else if (verb === '--help' || verb === '-h' || verb === undefined) process.stdout.write(USAGE)
   else {

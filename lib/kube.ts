@@ -1,6 +1,8 @@
-// Where `kube-cni routes` learns the nodes: a Kubernetes NodeList, exactly as `kubectl get nodes -o json`
-// prints it, read from a file, from stdin, or by running kubectl.
+// Where kube-cni learns the nodes: a Kubernetes NodeList, exactly as `kubectl get nodes -o json` prints
+// it, read from a file, from stdin, by running kubectl, or, inside a pod, from the API server with the
+// pod's service account (a small client on node's https: GET only, nodes only).
 import { readFileSync } from 'node:fs'
+import { join } from 'node:path'
 import { run } from './exec.ts'
 
 export interface KubeNode {
@@ -30,7 +32,42 @@ export function readNodeListFile(path: string): NodeList {
 
 /** From kubectl when asked for, else from the API when running in a pod, else from kubectl on PATH. */
 export async function readNodeList(opts: { kubectl?: string }): Promise<NodeList> {
+  if (!opts.kubectl && process.env.KUBERNETES_SERVICE_HOST) return parseNodeList(await apiGet('/api/v1/nodes'), 'the API server')
   return readNodeListKubectl(opts.kubectl ?? 'kubectl')
+}
+
+export async function readNode(name: string, opts: { kubectl?: string }): Promise<KubeNode> {
+  if (!opts.kubectl && process.env.KUBERNETES_SERVICE_HOST) return JSON.parse(await apiGet(`/api/v1/nodes/${encodeURIComponent(name)}`))
+  const r = await run([opts.kubectl ?? 'kubectl', 'get', 'node', name, '-o', 'json'])
+  if (r.code !== 0) throw new Error(`kubectl get node ${name} failed: ${r.stderr.trim()}`)
+  return JSON.parse(r.stdout)
+}
+
+/** The service account's files; KUBE_CNI_SA_DIR moves them, for the test's stand-in API server only. */
+const SA_DIR = () => process.env.KUBE_CNI_SA_DIR ?? '/var/run/secrets/kubernetes.io/serviceaccount'
+
+/** GET a path from the API server the way every in-cluster client does: its service, token and CA. */
+export async function apiGet(path: string): Promise<string> {
+  const { request } = await import('node:https')
+  const host = process.env.KUBERNETES_SERVICE_HOST!
+  const port = process.env.KUBERNETES_SERVICE_PORT ?? '443'
+  const token = readFileSync(join(SA_DIR(), 'token'), 'utf8').trim()
+  const ca = readFileSync(join(SA_DIR(), 'ca.crt'))
+  return new Promise((resolve, reject) => {
+    const req = request(
+      { host, port, path, ca, headers: { Authorization: `Bearer ${token}`, Accept: 'application/json' }, timeout: 10_000 },
+      (res) => {
+        let body = ''
+        res.setEncoding('utf8').on('data', (d) => (body += d))
+        res.on('end', () =>
+          res.statusCode === 200 ? resolve(body) : reject(new Error(`GET https://${host}:${port}${path}: HTTP ${res.statusCode}: ${body.slice(0, 200)}`)),
+        )
+      },
+    )
+    req.on('timeout', () => req.destroy(new Error(`GET https://${host}:${port}${path}: timed out`)))
+    req.on('error', reject)
+    req.end()
+  })
 }
 
 export async function readNodeListKubectl(kubectl: string): Promise<NodeList> {

@@ -10,6 +10,7 @@ import { spawn } from 'node:child_process'
 import { existsSync, mkdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs'
 import { join } from 'node:path'
 import { parseArgs } from 'node:util'
+import { CONFLIST_NAME, renderConflist } from './conflist.ts'
 import { explain } from './exec.ts'
 
 const PREFIX = 'kcl-'
@@ -100,15 +101,6 @@ export function planLab(o: LabOptions): LabState {
   return { ...o, nodes }
 }
 
-/** What install.sh writes to /etc/cni/net.d: a conflist, so the lab exercises the same shape. */
-export function nodeConflist(subnet: string, dir: string, mtu?: number): object {
-  return {
-    cniVersion: '1.0.0',
-    name: 'k8s-pod-network',
-    plugins: [{ type: 'kube-cni', network: NETWORK, subnet, dataDir: join(dir, 'ipam'), logFile: join(dir, 'kube-cni.log'), ...(mtu ? { mtu } : {}) }],
-  }
-}
-
 export function nodeList(state: LabState): object {
   return {
     apiVersion: 'v1',
@@ -154,7 +146,8 @@ async function up(o: LabOptions): Promise<LabState> {
   for (const node of state.nodes) {
     const dir = join(STATE_DIR, node.name)
     mkdirSync(join(dir, 'net.d'), { recursive: true })
-    writeFileSync(join(dir, 'net.d', '10-kube-cni.conflist'), JSON.stringify(nodeConflist(node.subnet, dir, vxlanMtu), null, 2))
+    const extra = { dataDir: join(dir, 'ipam'), logFile: join(dir, 'kube-cni.log'), ...(vxlanMtu ? { mtu: vxlanMtu } : {}) }
+    writeFileSync(join(dir, 'net.d', CONFLIST_NAME), renderConflist({ subnets: [node.subnet], networks: [NETWORK], extra }))
   }
   for (const node of state.nodes) {
     for (let j = 1; j <= o.pods; j++) {
@@ -173,7 +166,7 @@ async function up(o: LabOptions): Promise<LabState> {
 }
 
 function netconfOf(node: LabNode): string {
-  const list = JSON.parse(readFileSync(join(STATE_DIR, node.name, 'net.d', '10-kube-cni.conflist'), 'utf8'))
+  const list = JSON.parse(readFileSync(join(STATE_DIR, node.name, 'net.d', CONFLIST_NAME), 'utf8'))
   // What libcni does with a conflist: each plugin gets cniVersion and name from the list.
   return JSON.stringify({ cniVersion: list.cniVersion, name: list.name, ...list.plugins[0] })
 }

@@ -1,0 +1,68 @@
+// The file a node gets in /etc/cni/net.d: one renderer for install.sh, the DaemonSet's init container and
+// the lab, so all three write the same shape. `kube-cni conflist` is its command-line face.
+import { existsSync } from 'node:fs'
+import { join } from 'node:path'
+import { parseArgs } from 'node:util'
+import { writeAtomic } from './ipam.ts'
+import { parseNetConf } from './netconf.ts'
+
+export const CONFLIST_NAME = '10-kube-cni.conflist'
+
+export interface ConflistOptions {
+  subnets: string[] // this node's podCIDRs: one, or one per family
+  networks: string[] // the cluster's pod ranges, likewise
+  portmap?: boolean // chain the reference portmap plugin (hostPort support)
+  extra?: Record<string, unknown> // more kube-cni fields: mtu, dataDir, logFile, ...
+}
+
+/** A conflist, so runtimes that prefer .conflist find it first, and portmap can follow kube-cni. */
+export function renderConflist(o: ConflistOptions): string {
+  const ranges =
+    o.subnets.length > 1 ? { networks: o.networks, subnets: o.subnets } : { network: o.networks[0], subnet: o.subnets[0] }
+  const list = {
+    cniVersion: '1.0.0',
+    name: 'k8s-pod-network',
+    plugins: [
+      { type: 'kube-cni', ...ranges, ...o.extra },
+      ...(o.portmap ? [{ type: 'portmap', capabilities: { portMappings: true }, snat: true }] : []),
+    ],
+  }
+  // Validate exactly as the plugin will, so a bad podCIDR fails here and not at the first pod.
+  parseNetConf(JSON.stringify({ cniVersion: list.cniVersion, name: list.name, ...list.plugins[0] }))
+  return `${JSON.stringify(list, null, 2)}\n`
+}
+
+const CIDRS = (s: string | undefined) => (s ? s.split(',').map((x) => x.trim()).filter(Boolean) : [])
+
+export async function conflistCommand(argv: string[]): Promise<number> {
+  const { values: o } = parseArgs({
+    args: argv,
+    options: {
+      subnet: { type: 'string' },
+      network: { type: 'string' },
+      node: { type: 'string' },
+      kubectl: { type: 'string' },
+      'cni-bin-dir': { type: 'string', default: '/opt/cni/bin' },
+      mtu: { type: 'string' },
+      out: { type: 'string' },
+    },
+  })
+  let subnets = CIDRS(o.subnet)
+  if (!subnets.length) {
+    if (!o.node) throw new Error('give --subnet CIDR[,CIDR], or --node NAME to read its spec.podCIDRs from the cluster')
+    const { readNode, podCIDRs } = await import('./kube.ts')
+    subnets = podCIDRs(await readNode(o.node, { kubectl: o.kubectl }))
+    if (!subnets.length) throw new Error(`node ${o.node} has no spec.podCIDR: start the cluster with a pod network (kubeadm init --pod-network-cidr=10.200.0.0/16)`)
+  }
+  const networks = CIDRS(o.network)
+  if (!networks.length) throw new Error('give --network CIDR[,CIDR]: the cluster pod range (kubeadm: networking.podSubnet)')
+  const text = renderConflist({
+    subnets,
+    networks,
+    portmap: existsSync(join(o['cni-bin-dir'], 'portmap')),
+    extra: o.mtu ? { mtu: Number(o.mtu) } : undefined,
+  })
+  if (o.out) writeAtomic(o.out, text, 0o644)
+  else process.stdout.write(text)
+  return 0
+}
