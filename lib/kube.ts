@@ -2,6 +2,7 @@
 // it, read from a file, from stdin, by running kubectl, or, inside a pod, from the API server with the
 // pod's service account (a small client on node's https: GET only, nodes only).
 import { readFileSync } from 'node:fs'
+import { request } from 'node:https'
 import { join } from 'node:path'
 import { run } from './exec.ts'
 
@@ -48,7 +49,6 @@ const SA_DIR = () => process.env.KUBE_CNI_SA_DIR ?? '/var/run/secrets/kubernetes
 
 /** GET a path from the API server the way every in-cluster client does: its service, token and CA. */
 export async function apiGet(path: string): Promise<string> {
-  const { request } = await import('node:https')
   const host = process.env.KUBERNETES_SERVICE_HOST!
   const port = process.env.KUBERNETES_SERVICE_PORT ?? '443'
   const token = readFileSync(join(SA_DIR(), 'token'), 'utf8').trim()

@@ -13,6 +13,7 @@
 // The VTEP scheme needs no annotations: every node derives its VTEP address and MAC from its podCIDR alone
 // (the subnet's network address, e.g. 10.200.2.0, and 0a:58 + those four bytes), so each node can compute
 // every peer's from the NodeList.
+import { parseArgs } from 'node:util'
 import { type Step, explain, explainSteps, run } from './exec.ts'
 import { type Cidr, type Family, containsAddress, formatAddress, formatCidr, macFromAddress, parseAddress, parseCidr } from './ip.ts'
 import { type NodeList, internalIPs, podCIDRs } from './kube.ts'
@@ -276,7 +277,6 @@ export const ROUTES_USAGE = `kube-cni routes --node NAME [--nodes-json FILE|- | 
   Nodes come from FILE (- for stdin), from \`kubectl get nodes -o json\`, or, inside a pod, from the API.`
 
 export async function routesCommand(argv: string[]): Promise<number> {
-  const { parseArgs } = await import('node:util')
   const { values: o } = parseArgs({
     args: argv,
     options: {
@@ -287,8 +287,10 @@ export async function routesCommand(argv: string[]): Promise<number> {
       watch: { type: 'string' },
       'dry-run': { type: 'boolean', default: false },
       explain: { type: 'boolean', default: false },
+      help: { type: 'boolean', short: 'h', default: false },
     },
   })
+  if (o.help) return process.stdout.write(`${ROUTES_USAGE}\n`), 0
   if (!o.node) throw new Error(`--node is required\n${ROUTES_USAGE}`)
   if (o.backend !== 'host-gw' && o.backend !== 'vxlan') throw new Error(`--backend must be host-gw or vxlan, not ${o.backend}`)
   if (o.explain) explain.enabled = true
