@@ -4,8 +4,9 @@
 //   outside 203.0.113.10 ── router ── segment A 192.0.2.0/24: node1, node2 (host-gw), ...
 //                                 └─ segment B 198.51.100.0/24: the even nodes, with --backend vxlan
 //   node N: podCIDR 10.200.N.0/24, bridge cni0, pods kcl-nNpM
+//   --dual-stack adds IPv6 everywhere: 2001:db8:a::/64 and 2001:db8:b::/64, pods fd00:200:0:N::/64.
 //
-// The addresses are the documentation ranges (RFC 5737): they exist only inside the lab.
+// The addresses are the documentation ranges (RFC 5737, RFC 3849): they exist only inside the lab.
 import { spawn } from 'node:child_process'
 import { existsSync, mkdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs'
 import { join } from 'node:path'
@@ -16,29 +17,55 @@ import { explain } from './exec.ts'
 const PREFIX = 'kcl-'
 const STATE_DIR = '/run/kube-cni-lab'
 const PORT = 7777
-const NETWORK = '10.200.0.0/16'
 const ROUTER = `${PREFIX}router`
 const OUTSIDE = `${PREFIX}outside`
-const OUTSIDE_IP = '203.0.113.10'
-const SEGMENTS = { A: { net: '192.0.2', router: '192.0.2.254' }, B: { net: '198.51.100', router: '198.51.100.254' } }
+
+/** Each family's plan: the pod ranges, the two underlay segments, and the outside host's network. */
+const FAMILIES = {
+  4: {
+    network: '10.200.0.0/16',
+    podCIDR: (i: number) => `10.200.${i}.0/24`,
+    segments: { A: '192.0.2.', B: '198.51.100.' },
+    host: (i: number) => String(i),
+    prefix: 24,
+    outside: { net: '203.0.113.', router: '203.0.113.1', host: '203.0.113.10' },
+  },
+  6: {
+    network: 'fd00:200::/56',
+    podCIDR: (i: number) => `fd00:200:0:${i.toString(16)}::/64`,
+    segments: { A: '2001:db8:a::', B: '2001:db8:b::' },
+    host: (i: number) => i.toString(16),
+    prefix: 64,
+    outside: { net: '2001:db8:f::', router: '2001:db8:f::1', host: '2001:db8:f::10' },
+  },
+}
+type Family = keyof typeof FAMILIES
+type Segment = 'A' | 'B'
+const ROUTER_HOST = 254
 
 export interface LabOptions {
   nodes: number
   pods: number
   backend: 'host-gw' | 'vxlan'
+  dualStack: boolean
 }
 
 interface LabNode {
   name: string // as Kubernetes would call it: node1
   ns: string // its netns
-  ip: string // its InternalIP
-  subnet: string // its podCIDR
-  pods: { name: string; ns: string; ip: string }[]
+  segment: Segment
+  ips: string[] // its InternalIPs, one per family
+  subnets: string[] // its podCIDRs, one per family
+  pods: { name: string; ns: string; ips: string[] }[]
 }
 
 interface LabState extends LabOptions {
   nodes: LabNode[]
 }
+
+const familiesOf = (o: LabOptions): Family[] => (o.dualStack ? [4, 6] : [4])
+const addrOf = (f: Family, seg: Segment, host: number) => `${FAMILIES[f].segments[seg]}${FAMILIES[f].host(host)}`
+const ofFamily = (ips: string[], f: Family) => ips.find((ip) => ip.includes(':') === (f === 6))!
 
 // ---- running things ------------------------------------------------------------------------------------
 
@@ -62,6 +89,11 @@ async function ipIn(ns: string, ...args: string[]): Promise<void> {
   await $`ip -n ${ns} ${args}`
 }
 
+/** An address with its family's prefix length; IPv6 skips duplicate address detection, as pods do. */
+async function addrAdd(ns: string, dev: string, f: Family, ip: string): Promise<void> {
+  await ipIn(ns, 'addr', 'add', `${ip}/${FAMILIES[f].prefix}`, 'dev', dev, ...(f === 6 ? ['nodad'] : []))
+}
+
 async function sysctl(ns: string, key: string): Promise<void> {
   const $ = await zx()
   show(`ip netns exec ${ns} sysctl -w ${key}=1`)
@@ -75,27 +107,30 @@ async function addNetns(ns: string): Promise<void> {
   await ipIn(ns, 'link', 'set', 'lo', 'up')
 }
 
-/** A veth from the router's segment bridge into `ns` as eth0, with an address and a default route. */
-async function plugIn(ns: string, routerEnd: string, bridge: string, cidr: string, gateway: string): Promise<void> {
-  await ipIn(ROUTER, 'link', 'add', routerEnd, 'type', 'veth', 'peer', 'name', 'eth0', 'netns', ns)
-  await ipIn(ROUTER, 'link', 'set', routerEnd, 'master', bridge, 'up')
-  await ipIn(ns, 'addr', 'add', cidr, 'dev', 'eth0')
-  await ipIn(ns, 'link', 'set', 'eth0', 'up')
-  await ipIn(ns, 'route', 'add', 'default', 'via', gateway)
+/** A veth from the router's segment bridge into the node as eth0, with its addresses and default routes. */
+async function plugIn(node: LabNode, families: Family[]): Promise<void> {
+  await ipIn(ROUTER, 'link', 'add', node.name, 'type', 'veth', 'peer', 'name', 'eth0', 'netns', node.ns)
+  await ipIn(ROUTER, 'link', 'set', node.name, 'master', `seg${node.segment}`, 'up')
+  await ipIn(node.ns, 'link', 'set', 'eth0', 'up')
+  for (const f of families) {
+    await addrAdd(node.ns, 'eth0', f, ofFamily(node.ips, f))
+    await ipIn(node.ns, `-${f}`, 'route', 'add', 'default', 'via', addrOf(f, node.segment, ROUTER_HOST))
+  }
 }
 
 // ---- up ------------------------------------------------------------------------------------------------
 
 export function planLab(o: LabOptions): LabState {
-  const nodes = Array.from({ length: o.nodes }, (_, k) => {
+  const nodes = Array.from({ length: o.nodes }, (_, k): LabNode => {
     const i = k + 1
-    const seg = o.backend === 'vxlan' && i % 2 === 0 ? SEGMENTS.B : SEGMENTS.A
+    const segment: Segment = o.backend === 'vxlan' && i % 2 === 0 ? 'B' : 'A'
     return {
       name: `node${i}`,
       ns: `${PREFIX}node${i}`,
-      ip: `${seg.net}.${10 + i}`,
-      subnet: `10.200.${i}.0/24`,
-      pods: [] as LabNode['pods'],
+      segment,
+      ips: familiesOf(o).map((f) => addrOf(f, segment, 10 + i)),
+      subnets: familiesOf(o).map((f) => FAMILIES[f].podCIDR(i)),
+      pods: [],
     }
   })
   return { ...o, nodes }
@@ -107,8 +142,8 @@ export function nodeList(state: LabState): object {
     kind: 'NodeList',
     items: state.nodes.map((n) => ({
       metadata: { name: n.name },
-      spec: { podCIDR: n.subnet, podCIDRs: [n.subnet] },
-      status: { addresses: [{ type: 'InternalIP', address: n.ip }, { type: 'Hostname', address: n.name }] },
+      spec: { podCIDR: n.subnets[0], podCIDRs: n.subnets },
+      status: { addresses: [...n.ips.map((address) => ({ type: 'InternalIP', address })), { type: 'Hostname', address: n.name }] },
     })),
   }
 }
@@ -118,27 +153,32 @@ async function up(o: LabOptions): Promise<LabState> {
   const state = planLab(o)
   mkdirSync(STATE_DIR, { recursive: true, mode: 0o700 })
 
+  const families = familiesOf(o)
+
   // The underlay: a router netns holding both segments' switches and the link to the outside host.
   await addNetns(ROUTER)
-  await sysctl(ROUTER, 'net.ipv4.ip_forward')
-  for (const [name, seg] of Object.entries(SEGMENTS)) {
-    await ipIn(ROUTER, 'link', 'add', `seg${name}`, 'type', 'bridge')
-    await ipIn(ROUTER, 'addr', 'add', `${seg.router}/24`, 'dev', `seg${name}`)
-    await ipIn(ROUTER, 'link', 'set', `seg${name}`, 'up')
-  }
   await addNetns(OUTSIDE)
+  await sysctl(ROUTER, 'net.ipv4.ip_forward')
+  if (o.dualStack) await sysctl(ROUTER, 'net.ipv6.conf.all.forwarding')
+  for (const seg of ['A', 'B'] as Segment[]) {
+    await ipIn(ROUTER, 'link', 'add', `seg${seg}`, 'type', 'bridge')
+    await ipIn(ROUTER, 'link', 'set', `seg${seg}`, 'up')
+    for (const f of families) await addrAdd(ROUTER, `seg${seg}`, f, addrOf(f, seg, ROUTER_HOST))
+  }
   await ipIn(ROUTER, 'link', 'add', 'out', 'type', 'veth', 'peer', 'name', 'eth0', 'netns', OUTSIDE)
-  await ipIn(ROUTER, 'addr', 'add', '203.0.113.1/24', 'dev', 'out')
   await ipIn(ROUTER, 'link', 'set', 'out', 'up')
-  await ipIn(OUTSIDE, 'addr', 'add', `${OUTSIDE_IP}/24`, 'dev', 'eth0')
   await ipIn(OUTSIDE, 'link', 'set', 'eth0', 'up')
-  // The outside host knows the nodes' networks but not the pods': pods reach it only when masqueraded.
-  for (const seg of Object.values(SEGMENTS)) await ipIn(OUTSIDE, 'route', 'add', `${seg.net}.0/24`, 'via', '203.0.113.1')
+  for (const f of families) {
+    const out = FAMILIES[f].outside
+    await addrAdd(ROUTER, 'out', f, out.router)
+    await addrAdd(OUTSIDE, 'eth0', f, out.host)
+    // The outside host knows the nodes' networks but not the pods': pods reach it only when masqueraded.
+    for (const seg of ['A', 'B'] as Segment[]) await ipIn(OUTSIDE, 'route', 'add', `${addrOf(f, seg, 0)}/${FAMILIES[f].prefix}`, 'via', out.router)
+  }
 
   for (const node of state.nodes) {
-    const seg = node.ip.startsWith(SEGMENTS.B.net) ? 'B' : 'A'
     await addNetns(node.ns)
-    await plugIn(node.ns, node.name, `seg${seg}`, `${node.ip}/24`, SEGMENTS[seg].router)
+    await plugIn(node, families)
   }
 
   // What install.sh does on each node, then every pod's ADD exactly as a runtime sends it.
@@ -147,14 +187,16 @@ async function up(o: LabOptions): Promise<LabState> {
     const dir = join(STATE_DIR, node.name)
     mkdirSync(join(dir, 'net.d'), { recursive: true })
     const extra = { dataDir: join(dir, 'ipam'), logFile: join(dir, 'kube-cni.log'), ...(vxlanMtu ? { mtu: vxlanMtu } : {}) }
-    writeFileSync(join(dir, 'net.d', CONFLIST_NAME), renderConflist({ subnets: [node.subnet], networks: [NETWORK], extra }))
+    const networks = families.map((f) => FAMILIES[f].network)
+    writeFileSync(join(dir, 'net.d', CONFLIST_NAME), renderConflist({ subnets: node.subnets, networks, extra }))
   }
   for (const node of state.nodes) {
     for (let j = 1; j <= o.pods; j++) {
-      const pod = { name: `${node.name.replace('node', 'n')}-p${j}`, ns: `${PREFIX}${node.name.replace('node', 'n')}p${j}`, ip: '' }
+      const short = `${node.name.replace('node', 'n')}`
+      const pod = { name: `${short}-p${j}`, ns: `${PREFIX}${short}p${j}`, ips: [] as string[] }
       await addNetns(pod.ns)
       const result = await cniAdd(node, pod)
-      pod.ip = result.ips[0].address.split('/')[0]
+      pod.ips = result.ips.map((i: { address: string }) => i.address.split('/')[0])
       node.pods.push(pod)
     }
   }
@@ -213,7 +255,7 @@ async function runRoutes(node: LabNode, backend: string): Promise<void> {
 // ---- the report ----------------------------------------------------------------------------------------
 
 // A TCP echo that answers each connection with the address it saw the connection come from.
-const ECHO_SERVER = `require('net').createServer((s) => s.end(s.remoteAddress.replace(/^::ffff:/, '') + '\\n')).listen(${PORT}, '0.0.0.0')`
+const ECHO_SERVER = `require('net').createServer((s) => s.end(s.remoteAddress.replace(/^::ffff:/, '') + '\\n')).listen(${PORT}, '::')`
 // Connects to each target in turn and prints {target: seen source, or null when unreachable}.
 const ECHO_CLIENT = `
 const net = require('net')
@@ -252,41 +294,46 @@ export async function probe(ns: string, targets: string[]): Promise<Record<strin
 
 export interface Report {
   text: string
-  podToPod: { from: string; to: string; ok: boolean; kept: boolean }[]
-  outside: { from: string; ok: boolean; seenAs: string | null }[]
+  podToPod: { family: Family; from: string; to: string; ok: boolean; kept: boolean }[]
+  outside: { family: Family; from: string; ok: boolean; seenAs: string | null }[]
 }
 
 async function report(state: LabState): Promise<Report> {
   const pods = state.nodes.flatMap((n) => n.pods.map((p) => ({ ...p, node: n })))
   await startEchoServers([...pods.map((p) => p.ns), OUTSIDE])
   const lines: string[] = []
-  lines.push(`kube-cni lab: ${state.nodes.length} nodes, ${pods.length} pods, backend ${state.backend}`, '')
+  lines.push(`kube-cni lab: ${state.nodes.length} nodes, ${pods.length} pods, backend ${state.backend}${state.dualStack ? ', dual-stack' : ''}`, '')
   lines.push('Topology')
   for (const n of state.nodes) {
-    lines.push(`  ${n.name}  InternalIP ${n.ip}  podCIDR ${n.subnet}${n.ip.startsWith(SEGMENTS.B.net) ? '  (behind the router)' : ''}`)
-    for (const p of n.pods) lines.push(`    ${p.name.padEnd(8)} ${p.ip}`)
+    lines.push(`  ${n.name}  InternalIP ${n.ips.join(', ')}  podCIDR ${n.subnets.join(', ')}${n.segment === 'B' ? '  (behind the router)' : ''}`)
+    for (const p of n.pods) lines.push(`    ${p.name.padEnd(8)} ${p.ips.join(', ')}`)
   }
 
   const podToPod: Report['podToPod'] = []
   const outside: Report['outside'] = []
-  const seen = await Promise.all(pods.map((p) => probe(p.ns, [...pods.map((q) => q.ip), OUTSIDE_IP])))
   const w = Math.max(10, ...pods.map((p) => p.name.length)) + 2
-  lines.push('', 'Pod to pod over TCP (✓ reached, ✗ not; "kept" = the server saw the client pod\'s own IP)')
-  lines.push(`  ${'from \\ to'.padEnd(w)}${pods.map((p) => p.name.padEnd(16)).join('')}`)
-  pods.forEach((from, i) => {
-    const cells = pods.map((to) => {
-      const got = seen[i][to.ip]
-      podToPod.push({ from: from.name, to: to.name, ok: got !== null, kept: got === from.ip })
-      return (got === null ? '✗' : got === from.ip ? '✓ kept' : `✓ NAT ${got}`).padEnd(16)
+  for (const f of familiesOf(state)) {
+    const target = FAMILIES[f].outside.host
+    const seen = await Promise.all(pods.map((p) => probe(p.ns, [...pods.map((q) => ofFamily(q.ips, f)), target])))
+    lines.push('', `IPv${f}: pod to pod over TCP (✓ reached, ✗ not; "kept" = the server saw the client pod's own IP)`)
+    lines.push(`  ${'from \\ to'.padEnd(w)}${pods.map((p) => p.name.padEnd(16)).join('')}`)
+    pods.forEach((from, i) => {
+      const mine = ofFamily(from.ips, f)
+      const cells = pods.map((to) => {
+        const got = seen[i][ofFamily(to.ips, f)]
+        podToPod.push({ family: f, from: from.name, to: to.name, ok: got !== null, kept: got === mine })
+        return (got === null ? '✗' : got === mine ? '✓ kept' : `✓ NAT ${got}`).padEnd(16)
+      })
+      lines.push(`  ${from.name.padEnd(w)}${cells.join('')}`)
     })
-    lines.push(`  ${from.name.padEnd(w)}${cells.join('')}`)
-  })
-  lines.push('', `Pod to the outside host ${OUTSIDE_IP} (not in the cluster: it should see the node's IP)`)
-  pods.forEach((from, i) => {
-    const got = seen[i][OUTSIDE_IP]
-    outside.push({ from: from.name, ok: got !== null, seenAs: got })
-    lines.push(`  ${from.name.padEnd(w)}${got === null ? '✗ unreachable' : `✓ seen as ${got}${got === from.node.ip ? ` (masqueraded to ${from.node.name})` : ''}`}`)
-  })
+    lines.push('', `IPv${f}: pod to the outside host ${target} (not in the cluster: it should see the node's IP)`)
+    pods.forEach((from, i) => {
+      const got = seen[i][target]
+      outside.push({ family: f, from: from.name, ok: got !== null, seenAs: got })
+      const masq = got === ofFamily(from.node.ips, f) ? ` (masqueraded to ${from.node.name})` : ''
+      lines.push(`  ${from.name.padEnd(w)}${got === null ? '✗ unreachable' : `✓ seen as ${got}${masq}`}`)
+    })
+  }
   const bad = podToPod.filter((p) => !p.ok || !p.kept).length + outside.filter((o) => !o.ok).length
   lines.push('', bad ? `${bad} checks FAILED` : 'All pods reach each other with their own IPs, and the outside through NAT.')
   return { text: lines.join('\n'), podToPod, outside }
@@ -332,7 +379,7 @@ function status(): number {
   }
   const state: LabState = JSON.parse(readFileSync(file, 'utf8'))
   process.stdout.write(`kube-cni lab: ${state.nodes.length} nodes, backend ${state.backend}\n`)
-  for (const n of state.nodes) process.stdout.write(`  ${n.name} ${n.ip} ${n.subnet}: ${n.pods.map((p) => `${p.name}=${p.ip}`).join(' ')}\n`)
+  for (const n of state.nodes) process.stdout.write(`  ${n.name} ${n.ips.join(',')} ${n.subnets.join(',')}: ${n.pods.map((p) => `${p.name}=${p.ips.join(',')}`).join(' ')}\n`)
   return 0
 }
 
@@ -344,7 +391,7 @@ function explore(state: LabState): string {
     'The lab is still up. Look around:',
     `  sudo ip netns exec ${a.ns} ip route                 # ${a.name}'s routes, with proto 211 for the other nodes`,
     `  sudo ip netns exec ${a.ns} iptables -t nat -S       # the masquerade chain`,
-    `  sudo ip netns exec ${p.ns} ping -c 2 ${q.ip}         # ${p.name} to ${q.name}`,
+    `  sudo ip netns exec ${p.ns} ping -c 2 ${q.ips[0]}         # ${p.name} to ${q.name}`,
     `  sudo cat ${join(STATE_DIR, a.name, 'kube-cni.log')}`,
     'Remove it with: sudo npm run demo -- down   (or: kube-cni lab down)',
   ].join('\n')
@@ -362,12 +409,19 @@ export async function labCommand(argv: string[]): Promise<number> {
       backend: { type: 'string', default: 'host-gw' },
       keep: { type: 'boolean', default: false },
       explain: { type: 'boolean', default: false },
+      'dual-stack': { type: 'boolean', default: false },
     },
   })
   const verb = positionals[0] ?? 'demo'
   if (process.getuid?.() !== 0) throw new Error('the lab creates network namespaces: run it as root (sudo)')
   if (o.explain) explain.enabled = true
-  const opts: LabOptions = { nodes: Number(o.nodes), pods: Number(o.pods), backend: o.backend as LabOptions['backend'] }
+  const opts: LabOptions = {
+    nodes: Number(o.nodes),
+    pods: Number(o.pods),
+    backend: o.backend as LabOptions['backend'],
+    // `npm run demo --dual-stack` reaches us as npm's config, not as an argument.
+    dualStack: o['dual-stack'] || process.env.npm_config_dual_stack === 'true',
+  }
   if (!(opts.nodes >= 1 && opts.nodes <= 50 && opts.pods >= 1 && opts.pods <= 50)) throw new Error('--nodes and --pods take 1 to 50')
   if (opts.backend !== 'host-gw' && opts.backend !== 'vxlan') throw new Error('--backend is host-gw or vxlan')
   if (verb === 'down') return (await down()), 0

@@ -31,6 +31,20 @@ for (const backend of ['host-gw', 'vxlan']) {
   })
 }
 
+test('npm run demo --dual-stack (vxlan): both families, each pod keeps its own IPv4 and IPv6 address, root netns unchanged', () => {
+  const before = rootSnapshot()
+  // `npm run demo --dual-stack` hands the flag over as npm config in the environment.
+  const r = require('node:child_process').spawnSync('node', [PLUGIN, 'lab', 'demo', '--backend', 'vxlan'], {
+    encoding: 'utf8',
+    env: { ...process.env, npm_config_dual_stack: 'true' },
+  })
+  assert.is(r.status, 0, r.stdout + r.stderr)
+  assert.match(r.stdout, /dual-stack/)
+  assert.is((r.stdout.match(/✓ kept/g) ?? []).length, 32)
+  assert.match(r.stdout, /✓ seen as 2001:db8:b::c \(masqueraded to node2\)/)
+  assert.is(rootSnapshot(), before)
+})
+
 test('lab down cleans up after a lab that was left running', () => {
   assert.is(sh(['node', PLUGIN, 'lab', 'up', '--pods', '1']).code, 0)
   assert.ok(sh(['ip', 'netns', 'list']).stdout.includes('kcl-node1'))

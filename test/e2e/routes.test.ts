@@ -1,71 +1,18 @@
 // Between nodes: `kube-cni routes` with both backends, the reconcile, and the masquerade rule, proved by
 // the source address a TCP server sees. Topologies are built from this test's own netns.
 import { writeFileSync } from 'node:fs'
-import { join } from 'node:path'
 import { test } from 'uvu'
 import * as assert from 'uvu/assert'
 import { probe, startEchoServers } from '../../lib/lab.ts'
-import { Node, TMP, cleanupAll, ipj, kubeCni, must, newNetns } from '../helpers/cluster.ts'
+import { cleanupAll, ipj, kubeCni, must, newNetns } from '../helpers/cluster.ts'
+import { nodeList, podIP, routes, twoNodes } from '../helpers/topology.ts'
 
 test.after.each(cleanupAll)
 
-interface Member {
-  node: Node
-  name: string
-  ip: string
-  subnet: string
-}
-
-/** Two nodes: on one segment (a veth between them), or on two subnets behind a router netns. */
-function twoNodes(routed: boolean, conf: Record<string, unknown> = {}): { a: Member; b: Member; router?: string; nodesJson: string } {
-  const a: Member = { node: new Node({ ...conf, subnet: '10.200.1.0/24' }), name: 'node-a', ip: '192.0.2.1', subnet: '10.200.1.0/24' }
-  const b: Member = { node: new Node({ ...conf, subnet: '10.200.2.0/24' }), name: 'node-b', ip: routed ? '198.51.100.2' : '192.0.2.2', subnet: '10.200.2.0/24' }
-  let router: string | undefined
-  if (!routed) {
-    must(['ip', '-n', a.node.ns, 'link', 'add', 'eth0', 'type', 'veth', 'peer', 'name', 'eth0', 'netns', b.node.ns])
-    for (const m of [a, b]) {
-      must(['ip', '-n', m.node.ns, 'addr', 'add', `${m.ip}/24`, 'dev', 'eth0'])
-      must(['ip', '-n', m.node.ns, 'link', 'set', 'eth0', 'up'])
-    }
-  } else {
-    router = newNetns('router')
-    must(['ip', 'netns', 'exec', router, 'sysctl', '-qw', 'net.ipv4.ip_forward=1'])
-    for (const [m, gw] of [[a, '192.0.2.254'], [b, '198.51.100.254']] as const) {
-      must(['ip', '-n', router, 'link', 'add', m.name, 'type', 'veth', 'peer', 'name', 'eth0', 'netns', m.node.ns])
-      must(['ip', '-n', router, 'addr', 'add', `${gw}/24`, 'dev', m.name])
-      must(['ip', '-n', router, 'link', 'set', m.name, 'up'])
-      must(['ip', '-n', m.node.ns, 'addr', 'add', `${m.ip}/24`, 'dev', 'eth0'])
-      must(['ip', '-n', m.node.ns, 'link', 'set', 'eth0', 'up'])
-      must(['ip', '-n', m.node.ns, 'route', 'add', 'default', 'via', gw])
-    }
-  }
-  const nodesJson = join(TMP, `nodes-${a.node.ns}.json`)
-  writeFileSync(nodesJson, JSON.stringify(nodeList([a, b])))
-  return { a, b, router, nodesJson }
-}
-
-function nodeList(members: { name: string; ip: string; subnet: string }[]) {
-  return {
-    kind: 'NodeList',
-    items: members.map((m) => ({
-      metadata: { name: m.name },
-      spec: { podCIDR: m.subnet, podCIDRs: [m.subnet] },
-      status: { addresses: [{ type: 'InternalIP', address: m.ip }] },
-    })),
-  }
-}
-
-function routes(m: Member, nodesJson: string, ...extra: string[]) {
-  const r = kubeCni(m.node.ns, ['routes', '--node', m.name, '--nodes-json', nodesJson, ...extra])
-  assert.is(r.code, 0, r.stderr)
-  return r
-}
-
-const podIP = (result: any) => result.ips[0].address.split('/')[0]
 const kubeRoutes = (ns: string) => ipj(ns, 'route', 'show', 'proto', '211')
 
 test('host-gw: pods on two nodes of one L2 segment reach each other with their own IPs', async () => {
-  const { a, b, nodesJson } = twoNodes(false)
+  const { a, b, nodesJson } = twoNodes()
   const pa = await a.node.addPod('pa')
   const pb = await b.node.addPod('pb')
   routes(a, nodesJson)
@@ -77,14 +24,14 @@ test('host-gw: pods on two nodes of one L2 segment reach each other with their o
 })
 
 test('host-gw skips a peer behind a router and says it needs vxlan', async () => {
-  const { a, nodesJson } = twoNodes(true)
+  const { a, nodesJson } = twoNodes({ routed: true })
   const r = routes(a, nodesJson)
   assert.match(r.stderr, /node-b: 198\.51\.100\.2 is not on a directly connected network.*vxlan/)
   assert.equal(kubeRoutes(a.node.ns), [])
 })
 
 test('vxlan: pods on nodes in different subnets behind a router reach each other with their own IPs', async () => {
-  const { a, b, nodesJson } = twoNodes(true, { mtu: 1450 })
+  const { a, b, nodesJson } = twoNodes({ routed: true, conf: { mtu: 1450 } })
   const pa = await a.node.addPod('pa')
   const pb = await b.node.addPod('pb')
   routes(a, nodesJson, '--backend', 'vxlan')
@@ -105,7 +52,7 @@ test('vxlan: pods on nodes in different subnets behind a router reach each other
 })
 
 test('switching backends removes the other backend\'s routes and device', async () => {
-  const { a, nodesJson } = twoNodes(false)
+  const { a, nodesJson } = twoNodes()
   routes(a, nodesJson, '--backend', 'vxlan')
   assert.is(kubeRoutes(a.node.ns)[0].dev, 'kube-cni.1')
   routes(a, nodesJson, '--backend', 'host-gw')
@@ -114,7 +61,7 @@ test('switching backends removes the other backend\'s routes and device', async 
 })
 
 test('reconcile: a wrong gateway is fixed, a stale route removed, a foreign route kept; a second run changes nothing', async () => {
-  const { a, nodesJson } = twoNodes(false)
+  const { a, nodesJson } = twoNodes()
   must(['ip', '-n', a.node.ns, 'route', 'add', '10.200.2.0/24', 'via', '192.0.2.77', 'proto', '211'])
   must(['ip', '-n', a.node.ns, 'route', 'add', '10.200.9.0/24', 'via', '192.0.2.9', 'proto', '211'])
   must(['ip', '-n', a.node.ns, 'route', 'add', '10.200.8.0/24', 'via', '192.0.2.8'])
@@ -131,7 +78,7 @@ test('reconcile: a wrong gateway is fixed, a stale route removed, a foreign rout
 })
 
 test('a node that left the NodeList loses its route', async () => {
-  const { a, nodesJson } = twoNodes(false)
+  const { a, nodesJson } = twoNodes()
   routes(a, nodesJson)
   assert.is(kubeRoutes(a.node.ns).length, 1)
   writeFileSync(nodesJson, JSON.stringify(nodeList([a])))
@@ -140,17 +87,17 @@ test('a node that left the NodeList loses its route', async () => {
 })
 
 test('--dry-run prints the ip commands and changes nothing', async () => {
-  const { a, nodesJson } = twoNodes(false)
+  const { a, nodesJson } = twoNodes()
   const r = routes(a, nodesJson, '--dry-run')
   assert.is(r.stdout.trim(), 'ip route replace 10.200.2.0/24 via 192.0.2.2 proto 211')
   assert.equal(kubeRoutes(a.node.ns), [])
 })
 
 test('NodeList from stdin with -', async () => {
-  const { a } = twoNodes(false)
+  const { a } = twoNodes()
   const r = kubeCni(a.node.ns, ['routes', '--node', 'node-a', '--nodes-json', '-'], JSON.stringify(nodeList([
-    { name: 'node-a', ip: '192.0.2.1', subnet: '10.200.1.0/24' },
-    { name: 'node-b', ip: '192.0.2.2', subnet: '10.200.2.0/24' },
+    { name: 'node-a', ips: ['192.0.2.1'], subnets: ['10.200.1.0/24'] },
+    { name: 'node-b', ips: ['192.0.2.2'], subnets: ['10.200.2.0/24'] },
   ])))
   assert.is(r.code, 0, r.stderr)
   assert.is(kubeRoutes(a.node.ns).length, 1)
@@ -158,7 +105,7 @@ test('NodeList from stdin with -', async () => {
 
 for (const backend of ['host-gw', 'vxlan']) {
   test(`masquerade (${backend}): NAT to the outside, never between pods`, async () => {
-    const { a, b, router, nodesJson } = twoNodes(true, { mtu: 1450 })
+    const { a, b, router, nodesJson } = twoNodes({ routed: true, conf: { mtu: 1450 } })
     const outside = newNetns('outside')
     must(['ip', '-n', router!, 'link', 'add', 'out', 'type', 'veth', 'peer', 'name', 'eth0', 'netns', outside])
     must(['ip', '-n', router!, 'addr', 'add', '203.0.113.1/24', 'dev', 'out'])
@@ -174,18 +121,18 @@ for (const backend of ['host-gw', 'vxlan']) {
       routes(b, nodesJson, '--backend', 'vxlan')
     } else {
       // host-gw cannot cross the router by itself: the router learns the pod routes, as a cloud VPC would.
-      must(['ip', '-n', router!, 'route', 'add', a.subnet, 'via', a.ip])
-      must(['ip', '-n', router!, 'route', 'add', b.subnet, 'via', b.ip])
-      must(['ip', '-n', a.node.ns, 'route', 'add', b.subnet, 'via', '192.0.2.254', 'proto', '211'])
-      must(['ip', '-n', b.node.ns, 'route', 'add', a.subnet, 'via', '198.51.100.254', 'proto', '211'])
+      must(['ip', '-n', router!, 'route', 'add', a.subnets[0], 'via', a.ips[0]])
+      must(['ip', '-n', router!, 'route', 'add', b.subnets[0], 'via', b.ips[0]])
+      must(['ip', '-n', a.node.ns, 'route', 'add', b.subnets[0], 'via', '192.0.2.254', 'proto', '211'])
+      must(['ip', '-n', b.node.ns, 'route', 'add', a.subnets[0], 'via', '198.51.100.254', 'proto', '211'])
     }
     await startEchoServers([pa.pod, pb.pod, outside])
     const fromA = await probe(pa.pod, [podIP(pb.result), '203.0.113.10'])
     assert.is(fromA[podIP(pb.result)], podIP(pa.result), 'pod to pod keeps the pod IP')
-    assert.is(fromA['203.0.113.10'], a.ip, 'pod to outside leaves with the node IP')
+    assert.is(fromA['203.0.113.10'], a.ips[0], 'pod to outside leaves with the node IP')
     const fromB = await probe(pb.pod, [podIP(pa.result), '203.0.113.10'])
     assert.is(fromB[podIP(pa.result)], podIP(pb.result))
-    assert.is(fromB['203.0.113.10'], b.ip)
+    assert.is(fromB['203.0.113.10'], b.ips[0])
   })
 }
 
