@@ -255,12 +255,12 @@ async function runRoutes(node: LabNode, backend: string): Promise<void> {
 // ---- the report ----------------------------------------------------------------------------------------
 
 // A TCP echo that answers each connection with the address it saw the connection come from.
-const ECHO_SERVER = `require('net').createServer((s) => s.end(s.remoteAddress.replace(/^::ffff:/, '') + '\\n')).listen(${PORT}, '::')`
+const ECHO_SERVER = `require('net').createServer((s) => s.end(s.remoteAddress.replace(/^::ffff:/, '') + '\\n')).listen(Number(process.argv[1]), '::')`
 // Connects to each target in turn and prints {target: seen source, or null when unreachable}.
 const ECHO_CLIENT = `
 const net = require('net')
 const one = (host) => new Promise((done) => {
-  const s = net.connect({ host, port: ${PORT}, timeout: 1500 })
+  const s = net.connect({ host, port: Number(process.argv[1]), timeout: 1500 })
   let seen = ''
   s.on('data', (d) => (seen += d))
   s.on('end', () => done(seen.trim() || null))
@@ -269,26 +269,26 @@ const one = (host) => new Promise((done) => {
 })
 ;(async () => {
   const out = {}
-  for (const host of process.argv.slice(1)) out[host] = await one(host)
+  for (const host of process.argv.slice(2)) out[host] = await one(host)
   process.stdout.write(JSON.stringify(out))
 })()`
 
-export async function startEchoServers(namespaces: string[]): Promise<void> {
+export async function startEchoServers(namespaces: string[], port = PORT): Promise<void> {
   for (const ns of namespaces) {
-    const child = spawn('nsenter', [`--net=/var/run/netns/${ns}`, process.execPath, '-e', ECHO_SERVER], { detached: true, stdio: 'ignore' })
+    const child = spawn('nsenter', [`--net=/var/run/netns/${ns}`, process.execPath, '-e', ECHO_SERVER, String(port)], { detached: true, stdio: 'ignore' })
     child.unref()
   }
   // Wait until every server listens: the first probe of each may race its start-up.
   for (let i = 0; i < 50; i++) {
-    const listening = await Promise.all(namespaces.map((ns) => runIn(ns, ['ss', '-Hltn', `sport = :${PORT}`], {}, '')))
+    const listening = await Promise.all(namespaces.map((ns) => runIn(ns, ['ss', '-Hltn', `sport = :${port}`], {}, '')))
     if (listening.every((r) => r.stdout.trim())) return
     await new Promise((r) => setTimeout(r, 50))
   }
   throw new Error('the echo servers did not start')
 }
 
-export async function probe(ns: string, targets: string[]): Promise<Record<string, string | null>> {
-  const r = await runIn(ns, [process.execPath, '-e', ECHO_CLIENT, ...targets], {}, '')
+export async function probe(ns: string, targets: string[], port = PORT): Promise<Record<string, string | null>> {
+  const r = await runIn(ns, [process.execPath, '-e', ECHO_CLIENT, String(port), ...targets], {}, '')
   return JSON.parse(r.stdout)
 }
 

@@ -3,7 +3,7 @@ import { existsSync, readFileSync, readdirSync } from 'node:fs'
 import { join } from 'node:path'
 import { test } from 'uvu'
 import * as assert from 'uvu/assert'
-import { Node, TMP, cleanupAll, nsPath } from '../helpers/cluster.ts'
+import { Node, TMP, cleanupAll, nsPath, sh } from '../helpers/cluster.ts'
 
 test.after.each(cleanupAll)
 
@@ -23,6 +23,40 @@ test('VERSION with the dummies podman sends still answers', async () => {
   const r = await node.cni({ command: 'VERSION', netns: 'dummy', ifname: 'dummy', env: { CNI_PATH: 'dummy' }, input: '{"cniVersion":"1.0.0"}' })
   assert.is(r.code, 0)
   assert.is(r.json.cniVersion, '1.0.0')
+})
+
+test('containerd\'s inputs: CNI_NETNS=/proc/<pid>/ns/net on ADD, then an empty CNI_NETNS on DEL after the task exits', async () => {
+  const node = new Node()
+  // The task: a process in a netns of its own that has no name, only /proc/<pid>/ns/net.
+  const task = require('node:child_process').spawn('unshare', ['--net', '--', 'sleep', '60'], { stdio: 'ignore' })
+  try {
+    await new Promise((r) => setTimeout(r, 100))
+    const netns = `/proc/${task.pid}/ns/net`
+    const add = await node.cni({ command: 'ADD', containerId: 'task1', netns })
+    assert.is(add.code, 0, add.stdout + add.stderr)
+    const addrs = JSON.parse(sh(['nsenter', `--net=${netns}`, 'ip', '-j', 'addr', 'show', 'dev', 'eth0']).stdout)
+    assert.ok(addrs[0].addr_info.some((a: any) => `${a.local}/${a.prefixlen}` === add.json.ips[0].address))
+  } finally {
+    task.kill('SIGKILL')
+  }
+  await new Promise((r) => task.on('exit', r))
+  const del = await node.cni({ command: 'DEL', containerId: 'task1', netns: '' })
+  assert.is(del.code, 0, del.stdout)
+  assert.equal(reserved(node), [])
+  assert.equal(node.ip('link', 'show', 'type', 'veth'), [])
+})
+
+test('podman\'s inputs: VERSION first with dummies, then ADD and DEL with IgnoreUnknown in CNI_ARGS', async () => {
+  const node = new Node({ cniVersion: '1.0.0' })
+  const version = await node.cni({ command: 'VERSION', containerId: 'dummy', netns: 'dummy', ifname: 'dummy', env: { CNI_PATH: 'dummy' }, input: '{"cniVersion":"1.0.0"}' })
+  assert.is(version.code, 0)
+  const pod = node.pod()
+  const args = 'IgnoreUnknown=1;K8S_POD_NAMESPACE=default;K8S_POD_NAME=web;K8S_POD_INFRA_CONTAINER_ID=abc;K8S_POD_UID=u1'
+  const add = await node.cni({ command: 'ADD', containerId: 'podman1', netns: nsPath(pod), args })
+  assert.is(add.code, 0, add.stdout)
+  const del = await node.cni({ command: 'DEL', containerId: 'podman1', netns: nsPath(pod), args })
+  assert.is(del.code, 0, del.stdout)
+  assert.equal(reserved(node), [])
 })
 
 test('an unsupported cniVersion gets error code 1', async () => {
