@@ -250,7 +250,8 @@ async function cni(): Promise<number> {
       return 0
     }
     const conf = parseNetConf(stdin)
-    const pod = inv.args.K8S_POD_NAME ? ` pod=${inv.args.K8S_POD_NAMESPACE ?? ''}/${inv.args.K8S_POD_NAME}` : ''
+    const { K8S_POD_NAMESPACE: podNs, K8S_POD_NAME: podName } = inv.args
+    const pod = podName ? ` pod=${podNs ? `${podNs}/` : ''}${podName}` : ''
     what = `${inv.command}${inv.containerId ? ` ${inv.containerId}/${inv.ifname}` : ''}${pod}`
     configureLog({ file: conf.logFile, level: conf.logLevel })
     let result: object | undefined
