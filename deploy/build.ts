@@ -93,10 +93,10 @@ async function main(): Promise<void> {
     ...common,
     entryPoints: [join(ROOT, 'kube-cni.ts')],
     outfile: BUNDLE,
-    plugins: [lazyIpNum, embedTools(tools.outputFiles[0].text)],
+    plugins: [lazyIpNum, embedTools(tools.outputFiles![0].text)],
   })
   // kube-cni.ts's own shebang runs it under tsx; the bundle runs under plain node.
-  const code = out.outputFiles[0].text.replace(/^#!.*\n/, '#!/usr/bin/env node\n')
+  const code = out.outputFiles![0].text.replace(/^#!.*\n/, '#!/usr/bin/env node\n')
   mkdirSync(join(ROOT, 'dist'), { recursive: true })
   writeFileSync(BUNDLE, code)
   chmodSync(BUNDLE, 0o755)

@@ -59,11 +59,9 @@ interface LabNode {
   pods: { name: string; ns: string; ips: string[] }[]
 }
 
-interface LabState extends LabOptions {
-  nodes: LabNode[]
-}
+type LabState = Omit<LabOptions, 'nodes'> & { nodes: LabNode[] }
 
-const familiesOf = (o: LabOptions): Family[] => (o.dualStack ? [4, 6] : [4])
+const familiesOf = (o: { dualStack: boolean }): Family[] => (o.dualStack ? [4, 6] : [4])
 const addrOf = (f: Family, seg: Segment, host: number) => `${FAMILIES[f].segments[seg]}${FAMILIES[f].host(host)}`
 const ofFamily = (ips: string[], f: Family) => ips.find((ip) => ip.includes(':') === (f === 6))!
 
@@ -225,6 +223,7 @@ function runIn(ns: string, argv: string[], env: Record<string, string>, input: s
     })
     child.on('error', reject)
     child.on('close', (code) => resolve({ code: code ?? 1, stdout, stderr }))
+    child.stdin.on('error', () => {}) // a command that reads no stdin may exit before we close it
     child.stdin.end(input)
   })
 }

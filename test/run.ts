@@ -1,5 +1,6 @@
-// `npm test`: every suite, each in its own uvu process, then one closing line "N passed, N failed" that
-// covers them all (CI reads it). The end-to-end suites need root, for network namespaces.
+// `npm test`: the type check, then every suite, each in its own uvu process, then one closing line
+// "N passed, N failed" that covers them all (CI reads it). The end-to-end suites need root, for network
+// namespaces.
 import { spawnSync } from 'node:child_process'
 import { join } from 'node:path'
 
@@ -13,6 +14,13 @@ if (process.getuid?.() !== 0) {
 
 let passed = 0
 let failed = 0
+
+console.log('=== typecheck (tsc --noEmit)')
+const tsc = spawnSync(join(ROOT, 'node_modules', '.bin', 'tsc'), ['-p', join(ROOT, 'tsconfig.json')], { encoding: 'utf8' })
+process.stdout.write(tsc.stdout || 'no type errors\n')
+if (tsc.status === 0) passed++
+else failed++
+
 for (const suite of process.argv.slice(2).length ? process.argv.slice(2) : SUITES) {
   console.log(`\n=== ${suite}`)
   const r = spawnSync(join(ROOT, 'node_modules', '.bin', 'uvu'), ['-r', 'tsx/cjs', join('test', suite), '\\.test\\.ts$'], {

@@ -20,6 +20,7 @@ function rootSnapshot(): string {
 
 for (const backend of ['host-gw', 'vxlan']) {
   test(`npm run demo (${backend}): every pod reaches every pod with its own IP, the outside through NAT, and the root netns is unchanged`, () => {
+    sh(['node', PLUGIN, 'lab', 'down']) // start from no lab, whatever an earlier run left behind
     const before = rootSnapshot()
     const r = sh(['node', PLUGIN, 'lab', 'demo', '--backend', backend, '--nodes', '2', '--pods', '2'])
     assert.is(r.code, 0, r.stdout + r.stderr)
@@ -32,6 +33,7 @@ for (const backend of ['host-gw', 'vxlan']) {
 }
 
 test('npm run demo --dual-stack (vxlan): both families, each pod keeps its own IPv4 and IPv6 address, root netns unchanged', () => {
+  sh(['node', PLUGIN, 'lab', 'down'])
   const before = rootSnapshot()
   // `npm run demo --dual-stack` hands the flag over as npm config in the environment.
   const r = require('node:child_process').spawnSync('node', [PLUGIN, 'lab', 'demo', '--backend', 'vxlan'], {

@@ -6,7 +6,8 @@ import { join } from 'node:path'
 import { test } from 'uvu'
 import * as assert from 'uvu/assert'
 import { probe, startEchoServers } from '../../lib/lab.ts'
-import { Node, TMP, cleanupAll, delNetns, ipj, must, newNetns, sh } from '../helpers/cluster.ts'
+import { Node, TMP, cleanupAll, delNetns, ipj, must, sh } from '../helpers/cluster.ts'
+import { clientOf } from '../helpers/topology.ts'
 import { REF_PLUGINS, buildDriver, driverRun, writeConflist } from '../helpers/libcni.ts'
 
 const { driver, why } = buildDriver()
@@ -84,12 +85,7 @@ test('chained with portmap: the node\'s host port reaches the pod; CHECK passes;
   if (!driver || !hasRef) return
   const { node, confDir, name } = nodeWith('1.0.0', [{ type: 'portmap', capabilities: { portMappings: true }, snat: true }])
   // A client outside the node, on the node's network: the way traffic reaches a hostPort.
-  const client = newNetns('client')
-  must(['ip', '-n', node.ns, 'link', 'add', 'eth0', 'type', 'veth', 'peer', 'name', 'eth0', 'netns', client])
-  must(['ip', '-n', node.ns, 'addr', 'add', '192.0.2.1/24', 'dev', 'eth0'])
-  must(['ip', '-n', client, 'addr', 'add', '192.0.2.2/24', 'dev', 'eth0'])
-  must(['ip', '-n', node.ns, 'link', 'set', 'eth0', 'up'])
-  must(['ip', '-n', client, 'link', 'set', 'eth0', 'up'])
+  const client = clientOf(node)
   const pod = node.pod()
   const portMappings = [{ hostPort: 8080, containerPort: 80, protocol: 'tcp' }]
   const add = run(node, { op: 'add', confDir, name, netns: pod, id: 'web', capArgs: { portMappings } })

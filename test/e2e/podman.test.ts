@@ -6,8 +6,9 @@ import { existsSync, mkdirSync, readdirSync, writeFileSync } from 'node:fs'
 import { join } from 'node:path'
 import { test } from 'uvu'
 import * as assert from 'uvu/assert'
-import { Node, TMP, cleanupAll, must, newNetns, nsPath, sh } from '../helpers/cluster.ts'
-import { REF_PLUGINS, binDir, writeConflist } from '../helpers/libcni.ts'
+import { Node, TMP, cleanupAll, nsPath, sh } from '../helpers/cluster.ts'
+import { clientOf } from '../helpers/topology.ts'
+import { binDir, writeConflist } from '../helpers/libcni.ts'
 import { BUSYBOX, IMAGE, buildImage } from '../helpers/oci.ts'
 
 const missing = ['podman', 'runc'].filter((t) => sh(['which', t]).code !== 0).concat(existsSync(BUSYBOX) ? [] : ['busybox-static'])
@@ -77,12 +78,7 @@ graphroot = "${join(dir, 'store', 'root')}"
     assert.equal(reserved(), [ipA], 'B\'s address was released when it exited')
 
     // The node's port 8080, from a client on the node's network, reaches A through portmap.
-    const client = newNetns('client')
-    must(['ip', '-n', node.ns, 'link', 'add', 'eth0', 'type', 'veth', 'peer', 'name', 'eth0', 'netns', client])
-    must(['ip', '-n', node.ns, 'addr', 'add', '192.0.2.1/24', 'dev', 'eth0'])
-    must(['ip', '-n', client, 'addr', 'add', '192.0.2.2/24', 'dev', 'eth0'])
-    must(['ip', '-n', node.ns, 'link', 'set', 'eth0', 'up'])
-    must(['ip', '-n', client, 'link', 'set', 'eth0', 'up'])
+    const client = clientOf(node)
     const get = `require('http').get('http://192.0.2.1:8080/', (r) => r.pipe(process.stdout)).on('error', (e) => { console.error(e.message); process.exit(1) })`
     const page = sh(['nsenter', `--net=${nsPath(client)}`, process.execPath, '-e', get])
     assert.is(page.stdout, 'hello from kube-cni\n', page.stderr)

@@ -86,3 +86,14 @@ export function routes(m: Member, nodesJson: string, ...extra: string[]) {
 /** The pod's address of a family from an ADD result. */
 export const podIP = (result: any, family: 4 | 6 = 4) =>
   result.ips.map((i: any) => i.address.split('/')[0]).find((a: string) => a.includes(':') === (family === 6))
+
+/** A host outside the node on the node's network (node 192.0.2.1, client 192.0.2.2): where hostPort traffic comes from. */
+export function clientOf(node: Node): string {
+  const client = newNetns('client')
+  must(['ip', '-n', node.ns, 'link', 'add', 'eth0', 'type', 'veth', 'peer', 'name', 'eth0', 'netns', client])
+  must(['ip', '-n', node.ns, 'addr', 'add', '192.0.2.1/24', 'dev', 'eth0'])
+  must(['ip', '-n', client, 'addr', 'add', '192.0.2.2/24', 'dev', 'eth0'])
+  must(['ip', '-n', node.ns, 'link', 'set', 'eth0', 'up'])
+  must(['ip', '-n', client, 'link', 'set', 'eth0', 'up'])
+  return client
+}
