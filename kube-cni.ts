@@ -24,8 +24,8 @@ import {
 } from './lib/cni.ts'
 import { waitForExit } from './lib/exec.ts'
 import { formatAddress, formatCidr, parseAddress } from './lib/ip.ts'
-import { Store, type Owner } from './lib/ipam.ts'
-import { linkExists, newHostVethName, readMaster, readPod, setupPod, teardownPod } from './lib/link.ts'
+import { type Attachment, type Owner, Store } from './lib/ipam.ts'
+import { type PodPlan, linkExists, newHostVethName, readMaster, readPod, setupPod, teardownPod } from './lib/link.ts'
 import { configureLog, log } from './lib/log.ts'
 import { MAX_STDIN, type NetConf, decodeJSON, parseNetConf } from './lib/netconf.ts'
 import { ensureNode } from './lib/node.ts'
@@ -43,54 +43,57 @@ async function cmdAdd(inv: Invocation, conf: NetConf): Promise<object> {
   // IPAM: the record of this attachment first, then one address per family from this node's podCIDR.
   const store = new Store(conf.dataDir, conf.name)
   const attachment = store.open(owner(inv))
-  let hostVeth: string | undefined
   try {
     const ips = conf.pools.map((pool) => ({ pool, ip: attachment.reserve(pool) }))
 
-    // The veth pair: the pod end is born inside the sandbox as CNI_IFNAME (never in the host netns, where
-    // it would clash with the host's eth0), the host end `veth<8 hex>` joins the bridge; then the pod's
-    // address, link and default route via the gateway. Two `ip -batch` execs, one on each side.
-    for (let attempt = 1; ; attempt++) {
-      const candidate = newHostVethName()
-      attachment.setHostVeth(candidate)
-      try {
-        const plan = { conf, netns: inv.netns, ifname: inv.ifname, hostVeth: candidate, ips }
-        const links = await setupPod(plan, (pid) => attachment.addPid(pid))
-        hostVeth = candidate
-        return encodeResult(
-          {
-            interfaces: [
-              { name: conf.bridge, mac: links.bridgeMac },
-              { name: candidate, mac: links.hostVethMac, mtu: conf.mtu },
-              { name: inv.ifname, mac: links.podMac, sandbox: inv.netns, mtu: conf.mtu },
-            ],
-            ips: ips.map(({ pool, ip }) => ({
-              address: `${formatAddress(pool.family, ip)}/${pool.subnet.prefix}`,
-              gateway: formatAddress(pool.family, pool.gateway),
-              interface: 2,
-            })),
-            routes: conf.pools.map((pool) => ({
-              dst: pool.family === 4 ? '0.0.0.0/0' : '::/0',
-              gw: formatAddress(pool.family, pool.gateway),
-            })),
-            dns: {},
-          },
-          conf.cniVersion,
-        )
-      } catch (e) {
-        if ((e as { hostVethCreated?: boolean }).hostVethCreated) hostVeth = candidate
-        // Another ADD took the same random name between our check and our create: draw again.
-        const nameClash = (e as { hostVethCreated?: boolean }).hostVethCreated === false && linkExists(candidate)
-        if (!nameClash || attempt >= 3) throw e
-      }
-    }
+    // The veth pair into the sandbox, attached to the bridge, with the pod's address and default route.
+    const { hostVeth, links } = await createVeth(inv, conf, ips, attachment)
+
+    // The result, in the version the runtime asked for.
+    return encodeResult(
+      {
+        interfaces: [
+          { name: conf.bridge, mac: links.bridgeMac },
+          { name: hostVeth, mac: links.hostVethMac, mtu: conf.mtu },
+          { name: inv.ifname, mac: links.podMac, sandbox: inv.netns, mtu: conf.mtu },
+        ],
+        ips: ips.map(({ pool, ip }) => ({
+          address: `${formatAddress(pool.family, ip)}/${pool.subnet.prefix}`,
+          gateway: formatAddress(pool.family, pool.gateway),
+          interface: 2,
+        })),
+        routes: conf.pools.map((pool) => ({ dst: pool.family === 4 ? '0.0.0.0/0' : '::/0', gw: formatAddress(pool.family, pool.gateway) })),
+        dns: {},
+      },
+      conf.cniVersion,
+    )
   } catch (e) {
-    // Roll back what this ADD did, so a failed ADD leaves neither a veth nor a reserved IP behind.
-    await teardownPod('', inv.ifname, hostVeth).catch((t) => log.error(`rollback: ${t.message}`))
+    // A failed ADD leaves no reserved IP behind (createVeth already removed any veth it made).
     release(store, owner(inv))
     throw e
   } finally {
     attachment.close()
+  }
+}
+
+/**
+ * The pod end is born inside the sandbox as CNI_IFNAME (never in the host netns, where it would clash with
+ * the host's eth0); the host end `veth<8 hex>` joins the bridge. Two `ip -batch` execs, one on each side.
+ * On failure the veth is deleted before the error goes on.
+ */
+async function createVeth(inv: Invocation, conf: NetConf, ips: PodPlan['ips'], attachment: Attachment) {
+  for (let attempt = 1; ; attempt++) {
+    const hostVeth = newHostVethName()
+    attachment.setHostVeth(hostVeth)
+    try {
+      const links = await setupPod({ conf, netns: inv.netns, ifname: inv.ifname, hostVeth, ips }, (pid) => attachment.addPid(pid))
+      return { hostVeth, links }
+    } catch (e) {
+      const created = (e as { hostVethCreated?: boolean }).hostVethCreated
+      if (created) await teardownPod('', inv.ifname, hostVeth).catch((t) => log.error(`rollback: ${t.message}`))
+      // Another ADD took the same random name between our check and our create: draw again.
+      if (created !== false || !linkExists(hostVeth) || attempt >= 3) throw e
+    }
   }
 }
 

@@ -1,8 +1,7 @@
 // The kernel work of one pod, through iproute2: the bridge, the veth pair, addresses and routes. Each side
 // (host and pod) is one `ip -batch` exec, and the same execs read back the MACs with `-j`, so an ADD costs
 // two child processes. Every line is also a line a learner can type; explain mode prints them.
-import { randomBytes } from 'node:crypto'
-import { existsSync } from 'node:fs'
+import { closeSync, existsSync, openSync, readSync } from 'node:fs'
 import { CniError, Code } from './cni.ts'
 import { type Step, explainSteps, run } from './exec.ts'
 import { formatAddress, macFromAddress } from './ip.ts'
@@ -17,11 +16,21 @@ export function linkExists(name: string): boolean {
   return existsSync(`/proc/sys/net/ipv4/conf/${name}`)
 }
 
-/** `veth` plus 8 random hex digits, the reference bridge plugin's scheme: 32 bits, not the bash 16. */
+/**
+ * `veth` plus 8 random hex digits, the reference bridge plugin's scheme: 32 bits, not the bash 16. The bytes
+ * come straight from /dev/urandom: loading node:crypto for four bytes would cost every ADD ~15 modules.
+ */
 export function newHostVethName(): string {
-  for (;;) {
-    const name = `veth${randomBytes(4).toString('hex')}`
-    if (!linkExists(name)) return name
+  const bytes = Buffer.alloc(4)
+  const fd = openSync('/dev/urandom', 'r')
+  try {
+    for (;;) {
+      readSync(fd, bytes, 0, 4, null)
+      const name = `veth${bytes.toString('hex')}`
+      if (!linkExists(name)) return name
+    }
+  } finally {
+    closeSync(fd)
   }
 }
 

@@ -1,10 +1,11 @@
 // Between nodes: `kube-cni routes` with both backends, the reconcile, and the masquerade rule, proved by
 // the source address a TCP server sees. Topologies are built from this test's own netns.
+import { spawn } from 'node:child_process'
 import { writeFileSync } from 'node:fs'
 import { test } from 'uvu'
 import * as assert from 'uvu/assert'
 import { probe, startEchoServers } from '../../lib/lab.ts'
-import { cleanupAll, ipj, kubeCni, must, newNetns } from '../helpers/cluster.ts'
+import { PLUGIN, cleanupAll, ipj, kubeCni, must, newNetns, nsPath } from '../helpers/cluster.ts'
 import { nodeList, podIP, routes, twoNodes } from '../helpers/topology.ts'
 
 test.after.each(cleanupAll)
@@ -90,6 +91,22 @@ test('a node that left the NodeList loses its route', async () => {
   writeFileSync(nodesJson, JSON.stringify(nodeList([a])))
   routes(a, nodesJson)
   assert.equal(kubeRoutes(a.node.ns), [])
+})
+
+test('--watch reconciles again every N seconds: a route deleted by hand comes back', async () => {
+  const { a, nodesJson } = twoNodes()
+  const watcher = spawn('nsenter', [`--net=${nsPath(a.node.ns)}`, PLUGIN, 'routes', '--node', 'node-a', '--nodes-json', nodesJson, '--watch', '1'], { stdio: 'ignore' })
+  try {
+    const until = async (cond: () => boolean) => {
+      for (let i = 0; i < 40 && !cond(); i++) await new Promise((r) => setTimeout(r, 100))
+      return cond()
+    }
+    assert.ok(await until(() => kubeRoutes(a.node.ns).length === 1), 'the first pass made the route')
+    must(['ip', '-n', a.node.ns, 'route', 'del', '10.200.2.0/24'])
+    assert.ok(await until(() => kubeRoutes(a.node.ns).length === 1), 'a later pass put it back')
+  } finally {
+    watcher.kill('SIGKILL')
+  }
 })
 
 test('--dry-run prints the ip commands and changes nothing', async () => {
