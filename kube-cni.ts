@@ -106,11 +106,11 @@ async function cmdDel(inv: Invocation, conf: NetConf): Promise<void> {
   // An ADD killed mid-way leaves its `ip` children running; let them finish before undoing their work.
   await waitForExit(record?.pids ?? [])
   await teardownPod(inv.netns, inv.ifname, record?.hostVeth)
-  release(store, owner(inv))
+  release(store, owner(inv), record)
 }
 
-function release(store: Store, who: Owner): void {
-  for (const ip of store.readRecord(who)?.ips ?? []) store.free(ip, who)
+function release(store: Store, who: Owner, record = store.readRecord(who)): void {
+  for (const ip of record?.ips ?? []) store.free(ip, who)
   store.dropRecord(who)
 }
 
@@ -163,7 +163,7 @@ async function cmdGc(conf: NetConf): Promise<void> {
     if (isValid(who)) continue
     try {
       await teardownPod('', who.ifname, record.hostVeth)
-      release(store, who)
+      release(store, who, record)
       log.info(`gc: freed ${who.containerId}/${who.ifname} (${record.ips.join(', ')})`)
     } catch (e) {
       errors.push((e as Error).message) // go on: one stuck attachment must not keep the others leaked
