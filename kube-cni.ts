@@ -224,7 +224,11 @@ function readStdin(): string {
     try {
       got = readSync(0, buf, n, buf.length - n, null)
     } catch (e) {
-      if ((e as NodeJS.ErrnoException).code === 'EAGAIN') continue
+      // A non-blocking stdin with nothing yet: wait a millisecond rather than spin.
+      if ((e as NodeJS.ErrnoException).code === 'EAGAIN') {
+        Atomics.wait(new Int32Array(new SharedArrayBuffer(4)), 0, 0, 1)
+        continue
+      }
       if ((e as NodeJS.ErrnoException).code === 'EOF') break
       throw e
     }

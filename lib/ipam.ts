@@ -24,6 +24,7 @@ import {
 import { join } from 'node:path'
 import { CniError, Code } from './cni.ts'
 import { type Family, containsAddress, formatAddress, formatCidr, parseAddress } from './ip.ts'
+import { log } from './log.ts'
 import type { Pool } from './netconf.ts'
 
 export interface Owner {
@@ -80,10 +81,12 @@ export class Store {
     const cursor = join(this.dir, `last_reserved_ip.${pool.family}`)
     const last = readLast(cursor, pool)
     let candidate = last === undefined ? pool.firstHost : last + 1n
-    for (let tried = 0n; tried < size; tried++, candidate++) {
+    let attempts = 0
+    for (let seen = 0n; seen < size; seen++, candidate++) {
       if (candidate > pool.lastHost) candidate = pool.firstHost
       if (candidate === pool.gateway) continue
       const ip = formatAddress(pool.family, candidate)
+      attempts++
       beforeTry(ip)
       try {
         writeFileSync(join(this.dir, ip), `${owner.containerId}\r\n${owner.ifname}`, { flag: 'wx', mode: 0o600 })
@@ -92,6 +95,7 @@ export class Store {
         throw ioError(`reserve ${ip} in ${this.dir}`, e)
       }
       writeAtomic(cursor, ip)
+      log.debug(`IPAM: ${ip} for ${owner.containerId}/${owner.ifname}, ${attempts === 1 ? 'first try' : `${attempts} tries`} from the cursor`)
       return candidate
     }
     throw new CniError(

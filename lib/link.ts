@@ -4,6 +4,7 @@
 import { closeSync, existsSync, openSync, readSync } from 'node:fs'
 import { CniError, Code } from './cni.ts'
 import { type Step, explainSteps, run } from './exec.ts'
+import { log } from './log.ts'
 import { formatAddress, macFromAddress } from './ip.ts'
 import type { NetConf, Pool } from './netconf.ts'
 
@@ -45,7 +46,9 @@ export interface BatchResult {
 export async function ipBatch(steps: Step[], netns?: string, onSpawn?: (pid: number) => void): Promise<BatchResult> {
   const prefix = netns ? ['nsenter', `--net=${netns}`, 'ip'] : ['ip']
   explainSteps(steps.map((s) => ({ ...s, line: `${prefix.join(' ')} ${s.line}` })))
+  const started = Date.now()
   const out = await run([...prefix, '-j', '-batch', '-'], steps.map((s) => s.line).join('\n') + '\n', onSpawn)
+  log.debug(`ip -batch in ${netns ?? 'the host netns'}: ${steps.length} lines, exit ${out.code}, ${Date.now() - started} ms${out.code ? `: ${out.stderr.trim()}` : ''}`)
   const failed = /Command failed -:(\d+)/.exec(out.stderr)
   const json = out.stdout
     .split('\n')

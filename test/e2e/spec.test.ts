@@ -111,6 +111,20 @@ test('the log names the pod from CNI_ARGS, with the container, the result and th
   assert.not.ok(r.stdout.includes('pod=shop'), 'never to stdout')
 })
 
+test('logLevel: debug adds the kernel batches and the IPAM choice; error keeps only failures', async () => {
+  const debug = new Node({ logLevel: 'debug' })
+  assert.is((await debug.cni({ command: 'ADD', containerId: 'c1', netns: nsPath(debug.pod()) })).code, 0)
+  const lines = readFileSync(String(debug.conf.logFile), 'utf8')
+  assert.match(lines, /DEBUG .*ip -batch in the host netns: \d+ lines, exit 0/)
+  assert.match(lines, /DEBUG .*IPAM: 10\.200\.1\.2 for c1\/eth0, first try from the cursor/)
+  const quiet = new Node({ logLevel: 'error' })
+  assert.is((await quiet.cni({ command: 'ADD', containerId: 'c1', netns: nsPath(quiet.pod()) })).code, 0)
+  assert.is((await quiet.cni({ command: 'ADD', containerId: 'c1', netns: nsPath(quiet.pod()) })).code, 1)
+  const only = readFileSync(String(quiet.conf.logFile), 'utf8').trim().split('\n')
+  assert.is(only.length, 1)
+  assert.match(only[0], /ERROR .*error 102/)
+})
+
 test('hostile input is refused and nothing runs: a container ID with a command in it', async () => {
   const node = new Node()
   const marker = join(TMP, 'F')
