@@ -392,7 +392,7 @@ function explore(state: LabState): string {
     `  sudo ip netns exec ${a.ns} iptables -t nat -S       # the masquerade chain`,
     `  sudo ip netns exec ${p.ns} ping -c 2 ${q.ips[0]}         # ${p.name} to ${q.name}`,
     `  sudo cat ${join(STATE_DIR, a.name, 'kube-cni.log')}`,
-    'Remove it with: sudo npm run demo -- down   (or: kube-cni lab down)',
+    'Remove it with: sudo node dist/kube-cni lab down',
   ].join('\n')
 }
 

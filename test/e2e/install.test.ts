@@ -90,6 +90,22 @@ esac
   assert.is(conf.plugins[0].network, '10.200.0.0/16')
 })
 
+test('install.sh writes the dual-stack form when the node has two podCIDRs', () => {
+  const root = newRoot()
+  const bin = mkdtempSync(join(TMP, 'kubectl-'))
+  writeFileSync(join(bin, 'kubectl'), `#!/bin/sh
+case "$*" in
+  "get node ds-1 -o jsonpath={.spec.podCIDRs}") echo '["10.200.5.0/24","fd00:200:0:5::/64"]' ;;
+  *) exit 1 ;;
+esac
+`)
+  chmodSync(join(bin, 'kubectl'), 0o755)
+  const r = runWith([INSTALL, '--root', root, '--node', 'ds-1', '--network', '10.200.0.0/16,fd00:200::/56'], { pathDir: bin })
+  assert.is(r.code, 0, r.stderr)
+  const [plugin] = JSON.parse(readFileSync(join(root, STAGED[0]), 'utf8')).plugins
+  assert.equal(plugin, { type: 'kube-cni', networks: ['10.200.0.0/16', 'fd00:200::/56'], subnets: ['10.200.5.0/24', 'fd00:200:0:5::/64'] })
+})
+
 test('install.sh adds portmap to the conflist when the bin dir has it', () => {
   const root = newRoot()
   mkdirSync(join(root, 'opt/cni/bin'), { recursive: true })
