@@ -75,24 +75,35 @@ export class Store {
     return new Attachment(this, owner, fd)
   }
 
-  /** Takes the next free address of the pool, round-robin, never the network, gateway or broadcast. */
+  /**
+   * Takes the next free address of the pool, round-robin, never the network, gateway or broadcast. The
+   * address after the cursor is nearly always free and costs one create. When it is not (the pool wrapped
+   * around and is filling up), one directory listing tells which addresses are taken, so the search does
+   * not pay a failed create and a record write for each of them.
+   */
   reserve(pool: Pool, owner: Owner, beforeTry: (ip: string) => void): bigint {
     const size = pool.lastHost - pool.firstHost + 1n
     const cursor = join(this.dir, `last_reserved_ip.${pool.family}`)
     const last = readLast(cursor, pool)
     let candidate = last === undefined ? pool.firstHost : last + 1n
+    let taken: Set<string> | undefined
     let attempts = 0
     for (let seen = 0n; seen < size; seen++, candidate++) {
       if (candidate > pool.lastHost) candidate = pool.firstHost
       if (candidate === pool.gateway) continue
       const ip = formatAddress(pool.family, candidate)
+      if (taken?.has(ip)) continue
       attempts++
       beforeTry(ip)
       try {
         writeFileSync(join(this.dir, ip), `${owner.containerId}\r\n${owner.ifname}`, { flag: 'wx', mode: 0o600 })
       } catch (e) {
-        if (errno(e) === 'EEXIST') continue
-        throw ioError(`reserve ${ip} in ${this.dir}`, e)
+        if (errno(e) !== 'EEXIST') throw ioError(`reserve ${ip} in ${this.dir}`, e)
+        if (!taken) {
+          taken = new Set(listDir(this.dir))
+          if (familyCount(taken, pool.family) >= this.capacity(pool)) break
+        }
+        continue
       }
       writeAtomic(cursor, ip)
       log.debug(`IPAM: ${ip} for ${owner.containerId}/${owner.ifname}, ${attempts === 1 ? 'first try' : `${attempts} tries`} from the cursor`)
@@ -201,6 +212,13 @@ export class Attachment {
     writeSync(this.fd, text, 0)
     ftruncateSync(this.fd, Buffer.byteLength(text))
   }
+}
+
+/** How many names in the store are addresses of this family (one pool per family per network). */
+function familyCount(names: Set<string>, family: Family): number {
+  let n = 0
+  for (const name of names) if (family === 4 ? /^\d+\.\d+\.\d+\.\d+$/.test(name) : /^[0-9a-f:]+:[0-9a-f:]*$/.test(name)) n++
+  return n
 }
 
 function parseRecord(text: string): AttachmentRecord {

@@ -59,6 +59,32 @@ test('a /28 holds 13 pods: never the network, the gateway or the broadcast', () 
   }
 })
 
+test('a nearly full pool: one failed create, then the directory listing finds the free address', () => {
+  const conf = confFor('10.200.1.0/24')
+  const store = new Store(dir, 'net')
+  const taken = Array.from({ length: 253 }, (_, i) => take(store, conf, `c${i}`)) // .2 .. .254
+  assert.ok(store.free('10.200.1.77', who('c75')))
+  const tried: string[] = []
+  const got = store.reserve(conf.pools[0], who('late'), (ip) => tried.push(ip))
+  assert.is(formatAddress(4, got), '10.200.1.77')
+  assert.equal(tried, ['10.200.1.2', '10.200.1.77'], 'the record was written twice, not 75 times')
+  assert.is(taken.length, 253)
+})
+
+test('a full pool fails fast after one listing', () => {
+  const conf = confFor('10.200.1.0/28')
+  const store = new Store(dir, 'net')
+  for (let i = 0; i < 13; i++) take(store, conf, `c${i}`)
+  const tried: string[] = []
+  try {
+    store.reserve(conf.pools[0], who('late'), (ip) => tried.push(ip))
+    assert.unreachable()
+  } catch (e) {
+    assert.is((e as CniError).code, 101)
+  }
+  assert.is(tried.length, 1)
+})
+
 test('the cursor wraps around to the start of the pool', () => {
   const conf = confFor('10.200.1.0/29') // hosts .2 .. .6
   const store = new Store(dir, 'net')
