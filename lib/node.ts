@@ -1,15 +1,17 @@
-// Once per node, when the bridge is first created: IP forwarding, the FORWARD accept rules and the
-// masquerade for traffic that leaves the cluster. The bash tutorial did all of this by hand.
+// Once per node, on the first ADD: IP forwarding, the FORWARD accept rules, the masquerade for traffic that
+// leaves the cluster, and the bridge. The bash tutorial did all of this by hand.
 //
-// The bridge is created last, so its existence means "this node is set up": every later ADD checks it with
-// one stat and skips this module. Concurrent first ADDs serialise on an flock held by a child `flock`
-// process; the kernel drops it when that child's stdin pipe closes, which happens when we exit, even by
-// SIGKILL, so the lock cannot outlive its holder, and `-w` bounds the wait so it cannot deadlock.
-import { mkdirSync, writeFileSync } from 'node:fs'
+// When it is done, a marker file goes into the state dir (tmpfs: a reboot clears it with everything else), so
+// every later ADD costs two stats here: the marker, and the bridge in /proc/sys/net. A bridge that existed
+// before kube-cni (the bash tutorial's, made by hand) still gets the node rules once, and a bridge deleted
+// by someone is made again. Concurrent first ADDs serialise on an flock held by a child `flock` process; the
+// kernel drops it when that child's stdin pipe closes, which happens when we exit, even by SIGKILL, so the
+// lock cannot outlive its holder, and `-w` bounds the wait so it cannot deadlock.
+import { existsSync, mkdirSync, writeFileSync } from 'node:fs'
 import { join } from 'node:path'
 import { spawn } from 'node:child_process'
 import { CniError, Code } from './cni.ts'
-import { type Step, explainSteps, run } from './exec.ts'
+import { explainSteps, run } from './exec.ts'
 import { formatCidr } from './ip.ts'
 import { createBridge, linkExists } from './link.ts'
 import type { NetConf, Pool } from './netconf.ts'
@@ -19,12 +21,16 @@ export const MASQ_CHAIN = 'KUBE-CNI-MASQ'
 const LOCK_WAIT_SECONDS = 30
 
 export async function ensureNode(conf: NetConf): Promise<void> {
-  if (linkExists(conf.bridge)) return
+  const marker = join(conf.dataDir, conf.name, `node-ready.${conf.bridge}`)
+  const ready = () => existsSync(marker) && linkExists(conf.bridge)
+  if (ready()) return
   await withLock(join(conf.dataDir, 'node.lock'), async () => {
-    if (linkExists(conf.bridge)) return // another ADD finished the setup while we waited
+    if (ready()) return // another ADD finished the setup while we waited
     enableForwarding(conf.pools)
     for (const pool of conf.pools) await ensureRules(pool, conf.ipMasq)
-    await createBridge(conf)
+    if (!linkExists(conf.bridge)) await createBridge(conf)
+    mkdirSync(join(marker, '..'), { recursive: true, mode: 0o700 })
+    writeFileSync(marker, `${new Date().toISOString()}\n`)
   })
 }
 

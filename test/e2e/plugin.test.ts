@@ -84,6 +84,18 @@ test('CHECK is refused below 0.4.0 with code 1, as libcni does', async () => {
   assert.is(r.json.cniVersion, '0.3.1')
 })
 
+test('a bridge made by hand before kube-cni (the bash tutorial\'s cni0) still gets the node rules, once', async () => {
+  const node = new Node()
+  require('node:child_process').execFileSync('ip', ['-n', node.ns, 'link', 'add', 'cni0', 'type', 'bridge'])
+  await node.addPod('a')
+  await node.addPod('b')
+  const nat = require('node:child_process').execFileSync('ip', ['netns', 'exec', node.ns, 'iptables-save', '-t', 'nat'], { encoding: 'utf8' })
+  assert.is(nat.split('\n').filter((l: string) => l.startsWith('-A POSTROUTING -s 10.200.1.0/24 -j KUBE-CNI-MASQ')).length, 1)
+  assert.is(require('node:child_process').execFileSync('ip', ['netns', 'exec', node.ns, 'sysctl', '-n', 'net.ipv4.ip_forward'], { encoding: 'utf8' }).trim(), '1')
+  const [br] = node.ip('addr', 'show', 'dev', 'cni0')
+  assert.ok(br.addr_info.some((a: any) => a.local === '10.200.1.1'), 'the hand-made bridge got the gateway address')
+})
+
 test('two pods on one node ping each other', async () => {
   const node = new Node()
   const a = await node.addPod('a')
