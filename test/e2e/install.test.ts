@@ -22,6 +22,14 @@ function runWith(argv: string[], opts: { pathDir?: string; env?: Record<string, 
   return { code: r.status as number, stdout: r.stdout as string, stderr: r.stderr as string }
 }
 
+/** A kubectl on PATH that answers the given `case "$*"` arms like kubectl would, and fails anything else. */
+function kubectlStandIn(arms: string): string {
+  const bin = mkdtempSync(join(TMP, 'kubectl-'))
+  writeFileSync(join(bin, 'kubectl'), `#!/bin/sh\ncase "$*" in${arms}\n  *) exit 1 ;;\nesac\n`)
+  chmodSync(join(bin, 'kubectl'), 0o755)
+  return bin
+}
+
 const STAGED = ['/etc/cni/net.d/10-kube-cni.conflist', '/opt/cni/bin/kube-cni']
 
 test('install.sh --root stages the plugin and the conflist, and the plugin answers VERSION with no node_modules', () => {
@@ -73,16 +81,9 @@ test('install.sh refuses a subnet outside the network and writes nothing', () =>
 
 test('install.sh learns podCIDR and podSubnet through kubectl (a stand-in script on PATH)', () => {
   const root = newRoot()
-  const bin = mkdtempSync(join(TMP, 'kubectl-'))
-  // Answers like kubectl would for `get node` jsonpath queries and kubeadm's ClusterConfiguration.
-  writeFileSync(join(bin, 'kubectl'), `#!/bin/sh
-case "$*" in
+  const bin = kubectlStandIn(`
   "get node worker-7 -o jsonpath={.spec.podCIDRs}") echo '["10.200.7.0/24"]' ;;
-  *"configmap kubeadm-config"*) printf 'apiVersion: kubeadm.k8s.io/v1beta3\\nnetworking:\\n  podSubnet: 10.200.0.0/16\\n  serviceSubnet: 10.96.0.0/12\\n' ;;
-  *) exit 1 ;;
-esac
-`)
-  chmodSync(join(bin, 'kubectl'), 0o755)
+  *"configmap kubeadm-config"*) printf 'apiVersion: kubeadm.k8s.io/v1beta3\\nnetworking:\\n  podSubnet: 10.200.0.0/16\\n  serviceSubnet: 10.96.0.0/12\\n' ;;`)
   const r = runWith([INSTALL, '--root', root, '--node', 'worker-7'], { pathDir: bin })
   assert.is(r.code, 0, r.stderr)
   const conf = JSON.parse(readFileSync(join(root, STAGED[0]), 'utf8'))
@@ -92,14 +93,8 @@ esac
 
 test('install.sh writes the dual-stack form when the node has two podCIDRs', () => {
   const root = newRoot()
-  const bin = mkdtempSync(join(TMP, 'kubectl-'))
-  writeFileSync(join(bin, 'kubectl'), `#!/bin/sh
-case "$*" in
-  "get node ds-1 -o jsonpath={.spec.podCIDRs}") echo '["10.200.5.0/24","fd00:200:0:5::/64"]' ;;
-  *) exit 1 ;;
-esac
-`)
-  chmodSync(join(bin, 'kubectl'), 0o755)
+  const bin = kubectlStandIn(`
+  "get node ds-1 -o jsonpath={.spec.podCIDRs}") echo '["10.200.5.0/24","fd00:200:0:5::/64"]' ;;`)
   const r = runWith([INSTALL, '--root', root, '--node', 'ds-1', '--network', '10.200.0.0/16,fd00:200::/56'], { pathDir: bin })
   assert.is(r.code, 0, r.stderr)
   const [plugin] = JSON.parse(readFileSync(join(root, STAGED[0]), 'utf8')).plugins
