@@ -1,6 +1,6 @@
 // install.sh, staged under --root so nothing on this machine changes, and the kind/Kubernetes manifest.
 import { spawn } from 'node:child_process'
-import { chmodSync, existsSync, mkdirSync, mkdtempSync, readFileSync, readdirSync, statSync, writeFileSync } from 'node:fs'
+import { chmodSync, existsSync, mkdirSync, mkdtempSync, readFileSync, readdirSync, statSync, symlinkSync, writeFileSync } from 'node:fs'
 import { join } from 'node:path'
 import { test } from 'uvu'
 import * as assert from 'uvu/assert'
@@ -108,6 +108,24 @@ test('install.sh adds portmap to the conflist when the bin dir has it', () => {
   assert.is(runWith([INSTALL, '--root', root, '--subnet', '10.200.3.0/24', '--network', '10.200.0.0/16']).code, 0)
   const conf = JSON.parse(readFileSync(join(root, STAGED[0]), 'utf8'))
   assert.equal(conf.plugins.map((p: any) => p.type), ['kube-cni', 'portmap'])
+})
+
+test('install.sh without Node.js, or with one older than 18, says what to install and writes nothing', () => {
+  const root = newRoot()
+  const args = ['--root', root, '--subnet', '10.200.3.0/24', '--network', '10.200.0.0/16']
+  // A PATH with the few tools install.sh needs before its Node.js check, and no node.
+  const bare = mkdtempSync(join(TMP, 'bare-'))
+  for (const tool of ['dirname']) symlinkSync(`/usr/bin/${tool}`, join(bare, tool))
+  const none = require('node:child_process').spawnSync('/bin/bash', [INSTALL, ...args], { encoding: 'utf8', env: { PATH: bare } })
+  assert.is.not(none.status, 0)
+  assert.match(none.stderr, /needs Node\.js >= 18 .* no 'node' on PATH.*apt-get install -y nodejs/)
+  const old = mkdtempSync(join(TMP, 'node16-'))
+  writeFileSync(join(old, 'node'), '#!/bin/sh\ncase "$1" in --version) echo v16.20.2 ;; *) echo 16 ;; esac\n')
+  chmodSync(join(old, 'node'), 0o755)
+  const r = runWith([INSTALL, ...args], { pathDir: old })
+  assert.is.not(r.code, 0)
+  assert.match(r.stderr, /needs Node\.js >= 18, this node has v16\.20\.2/)
+  assert.equal(files(root), [])
 })
 
 test('install.sh --uninstall removes what it installed and nothing else', () => {
