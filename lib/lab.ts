@@ -255,10 +255,12 @@ async function runRoutes(node: LabNode, backend: string): Promise<void> {
 
 // A TCP echo that answers each connection with the address it saw the connection come from.
 const ECHO_SERVER = `require('net').createServer((s) => s.end(s.remoteAddress.replace(/^::ffff:/, '') + '\\n')).listen(Number(process.argv[1]), '::')`
-// Connects to each target in turn and prints {target: seen source, or null when unreachable}.
+// Connects to each target in turn and prints {target: seen source, or null when unreachable}. A target gets
+// three tries: the first packet to a new neighbour can be lost while IPv6 neighbour discovery settles, and
+// the question asked here is which address the server sees, not how fast the first SYN gets through.
 const ECHO_CLIENT = `
 const net = require('net')
-const one = (host) => new Promise((done) => {
+const once = (host) => new Promise((done) => {
   const s = net.connect({ host, port: Number(process.argv[1]), timeout: 1500 })
   let seen = ''
   s.on('data', (d) => (seen += d))
@@ -266,6 +268,14 @@ const one = (host) => new Promise((done) => {
   s.on('timeout', () => { s.destroy(); done(null) })
   s.on('error', () => done(null))
 })
+const one = async (host) => {
+  for (let i = 0; i < 3; i++) {
+    const seen = await once(host)
+    if (seen !== null) return seen
+    await new Promise((r) => setTimeout(r, 300))
+  }
+  return null
+}
 ;(async () => {
   const out = {}
   for (const host of process.argv.slice(2)) out[host] = await one(host)
