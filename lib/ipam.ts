@@ -99,10 +99,7 @@ export class Store {
         writeFileSync(join(this.dir, ip), `${owner.containerId}\r\n${owner.ifname}`, { flag: 'wx', mode: 0o600 })
       } catch (e) {
         if (errno(e) !== 'EEXIST') throw ioError(`reserve ${ip} in ${this.dir}`, e)
-        if (!taken) {
-          taken = new Set(listDir(this.dir))
-          if (familyCount(taken, pool.family) >= this.capacity(pool)) break
-        }
+        taken ??= new Set(listDir(this.dir))
         continue
       }
       writeAtomic(cursor, ip)
@@ -212,13 +209,6 @@ export class Attachment {
     writeSync(this.fd, text, 0)
     ftruncateSync(this.fd, Buffer.byteLength(text))
   }
-}
-
-/** How many names in the store are addresses of this family (one pool per family per network). */
-function familyCount(names: Set<string>, family: Family): number {
-  let n = 0
-  for (const name of names) if (family === 4 ? /^\d+\.\d+\.\d+\.\d+$/.test(name) : /^[0-9a-f:]+:[0-9a-f:]*$/.test(name)) n++
-  return n
 }
 
 function parseRecord(text: string): AttachmentRecord {
