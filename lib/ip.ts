@@ -42,6 +42,14 @@ export function parseAddress(text: string): { family: Family; value: bigint } | 
   }
 }
 
+/** `fd00:0::5/64` -> `fd00::5/64`: an address with its prefix as `ip` prints it. Undefined if invalid. */
+export function normalizeCidr(text: string): string | undefined {
+  const [address, prefix, extra] = typeof text === 'string' ? text.split('/') : []
+  const parsed = parseAddress(address)
+  if (!parsed || extra !== undefined || !/^\d{1,3}$/.test(prefix ?? '') || Number(prefix) > (parsed.family === 4 ? 32 : 128)) return undefined
+  return `${formatAddress(parsed.family, parsed.value)}/${Number(prefix)}`
+}
+
 /** The canonical text of an address, the way `ip` prints it (IPv6 compressed). */
 export function formatAddress(family: Family, value: bigint): string {
   return family === 4 ? new IPv4(value).toString() : collapseIPv6Number(new IPv6(value).toString())
@@ -63,4 +71,20 @@ export function containsAddress(c: Cidr, family: Family, value: bigint): boolean
 export function macFromAddress(value: bigint): string {
   const bytes = [0x0a, 0x58, ...[24n, 16n, 8n, 0n].map((s) => Number((value >> s) & 0xffn))]
   return bytes.map((b) => b.toString(16).padStart(2, '0')).join(':')
+}
+
+// ip-num keeps its range constants private and classifies single addresses only, which cannot tell that
+// 128.0.0.0/1 holds multicast and link-local in its middle: hence the ranges themselves (RFC 6890, RFC 4291).
+const SPECIAL: Record<Family, [string, string][]> = {
+  4: [['multicast', '224.0.0.0/4'], ['loopback', '127.0.0.0/8'], ['link-local', '169.254.0.0/16']],
+  6: [['multicast', 'ff00::/8'], ['loopback', '::1/128'], ['link-local', 'fe80::/10']],
+}
+
+/** The multicast, loopback or link-local range `c` overlaps, as `the multicast range 224.0.0.0/4`. */
+export function specialRangeOverlapped(c: Cidr): string | undefined {
+  for (const [what, text] of SPECIAL[c.family]) {
+    const range = parseCidr(text)!
+    if (c.network <= range.last && range.network <= c.last) return `the ${what} range ${text}`
+  }
+  return undefined
 }

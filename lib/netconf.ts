@@ -1,7 +1,7 @@
 // The network configuration a runtime passes on stdin: parsed, defaulted and validated before anything
 // touches the kernel, so that every mistake is reported as error 6 or 7 naming the field and its value.
 import { CniError, Code, assertSupportedVersion, isValidIfname } from './cni.ts'
-import { type Cidr, type Family, contains, formatCidr, parseAddress, parseCidr } from './ip.ts'
+import { type Cidr, type Family, contains, formatCidr, normalizeCidr, parseAddress, parseCidr, specialRangeOverlapped } from './ip.ts'
 
 /** One address family's pod subnet: where pods get their addresses, and the cluster range around it. */
 export interface Pool {
@@ -24,8 +24,14 @@ export interface NetConf {
   dataDir: string
   logFile: string
   logLevel: LogLevel
-  prevResult?: unknown
+  prevResult?: PrevResult
   raw: Record<string, unknown>
+}
+
+/** The parts of a previous result that CHECK compares with the kernel; addresses as `ip` prints them. */
+export interface PrevResult {
+  interfaces: { name: string; mac?: string; sandbox?: string }[]
+  ips: { address: string }[]
 }
 
 export type LogLevel = 'error' | 'info' | 'debug'
@@ -76,18 +82,21 @@ export function parseNetConf(stdin: string): NetConf {
   if (!LOG_LEVELS.includes(logLevel)) throw invalid('logLevel', logLevel, `it must be one of ${LOG_LEVELS.join(', ')}`)
   const dataDir = optional(raw, 'dataDir', 'string', DEFAULTS.dataDir)
   if (!dataDir.startsWith('/')) throw invalid('dataDir', dataDir, 'it must be an absolute path')
+  const pools = parsePools(raw)
+  if (mtu !== undefined && (mtu as number) < 1280 && pools.some((p) => p.family === 6))
+    throw invalid('mtu', mtu, 'IPv6 needs an MTU of at least 1280')
   return {
     cniVersion,
     name,
     bridge,
-    pools: parsePools(raw),
+    pools,
     mtu: mtu as number | undefined,
     hairpinMode: optional(raw, 'hairpinMode', 'boolean', true),
     ipMasq: optional(raw, 'ipMasq', 'boolean', true),
     dataDir,
     logFile: optional(raw, 'logFile', 'string', DEFAULTS.logFile),
     logLevel,
-    prevResult: raw.prevResult,
+    prevResult: parsePrevResult(raw.prevResult),
     raw,
   }
 }
@@ -104,12 +113,13 @@ function parsePools(raw: Record<string, unknown>): Pool[] {
   const [subnetField, networkField] = raw.subnets !== undefined ? ['subnets', 'networks'] : ['subnet', 'network']
   const subnets = cidrList(raw, subnetField)
   const networks = cidrList(raw, networkField)
+  const gateways = parseGateways(raw.gateway, subnets.map((s) => s.cidr.family))
   const pools = subnets.map(({ cidr, text }) => {
     const network = networks.find((n) => n.cidr.family === cidr.family)
     if (!network) throw invalid(networkField, raw[networkField], `it has no IPv${cidr.family} range for ${text}`)
     if (!contains(network.cidr, cidr))
       throw invalid(subnetField, text, `it must lie inside the cluster range ${formatCidr(network.cidr)}`)
-    return makePool(cidr, network.cidr, raw.gateway)
+    return makePool(cidr, network.cidr, gateways.get(cidr.family))
   })
   return pools.sort((a, b) => a.family - b.family)
 }
@@ -122,6 +132,9 @@ function cidrList(raw: Record<string, unknown>, field: string): { cidr: Cidr; te
   const parsed = texts.map((text) => {
     const cidr = parseCidr(text)
     if (!cidr) throw invalid(field, text, 'it is not a CIDR such as 10.200.1.0/24')
+    if (cidr.prefix === 0) throw invalid(field, text, 'a /0 is every address: pods need a range of their own')
+    const special = specialRangeOverlapped(cidr)
+    if (special) throw invalid(field, text, `it overlaps ${special}; pods need unicast addresses that are routed`)
     return { cidr, text }
   })
   if (parsed.length === 2 && parsed[0].cidr.family === parsed[1].cidr.family)
@@ -129,7 +142,20 @@ function cidrList(raw: Record<string, unknown>, field: string): { cidr: Cidr; te
   return parsed
 }
 
-function makePool(subnet: Cidr, network: Cidr, gatewayField: unknown): Pool {
+/** `gateway`: one address, or a list of at most one per family, each of a family that has a subnet. */
+function parseGateways(value: unknown, families: Family[]): Map<Family, { text: string; value: bigint }> {
+  const gateways = new Map<Family, { text: string; value: bigint }>()
+  for (const text of value === undefined ? [] : Array.isArray(value) ? value : [value]) {
+    const addr = parseAddress(text)
+    if (!addr) throw invalid('gateway', text, 'it is not an IP address')
+    if (!families.includes(addr.family)) throw invalid('gateway', text, `it is IPv${addr.family}, and the config has no IPv${addr.family} subnet`)
+    if (gateways.has(addr.family)) throw invalid('gateway', value, `it may hold at most one address per family`)
+    gateways.set(addr.family, { text, value: addr.value })
+  }
+  return gateways
+}
+
+function makePool(subnet: Cidr, network: Cidr, wanted?: { text: string; value: bigint }): Pool {
   const text = formatCidr(subnet)
   if (subnet.family === 4 && subnet.prefix > 30)
     throw invalid('subnet', text, 'an IPv4 pod subnet needs room for a gateway and a pod: /30 or larger')
@@ -137,15 +163,49 @@ function makePool(subnet: Cidr, network: Cidr, gatewayField: unknown): Pool {
     throw invalid('subnet', text, 'an IPv6 pod subnet must be between /64 and /120')
   // IPv4 keeps its broadcast address out of the pool; IPv6 has none.
   const lastHost = subnet.family === 4 ? subnet.last - 1n : subnet.last
-  let gateway = subnet.network + 1n
-  const wanted = gatewayField === undefined ? [] : Array.isArray(gatewayField) ? gatewayField : [gatewayField]
-  for (const g of wanted) {
-    const addr = parseAddress(g as string)
-    if (!addr) throw invalid('gateway', g, 'it is not an IP address')
-    if (addr.family !== subnet.family) continue
-    if (addr.value <= subnet.network || addr.value > lastHost)
-      throw invalid('gateway', g, `it must be a host address inside the subnet ${text}`)
-    gateway = addr.value
-  }
+  if (wanted && (wanted.value <= subnet.network || wanted.value > lastHost))
+    throw invalid('gateway', wanted.text, `it must be a host address inside the subnet ${text}`)
+  const gateway = wanted?.value ?? subnet.network + 1n
   return { family: subnet.family, subnet, network, gateway, firstHost: subnet.network + 1n, lastHost }
+}
+
+/**
+ * A previous result as CHECK reads it: an object whose `ips` are objects with an `address` in CIDR notation
+ * and whose `interfaces` are objects with a `name`, and a `mac` and `sandbox` where given.
+ */
+function parsePrevResult(value: unknown): PrevResult | undefined {
+  if (value === undefined) return undefined
+  if (!isObject(value)) throw invalid('prevResult', value, 'it must be an object: the result of the ADD')
+  const ips = objectList(value, 'ips').map(({ item, at }) => {
+    const address = normalizeCidr(stringField(item, at, 'address', true)!)
+    if (!address) throw invalid(`${at}.address`, item.address, 'it must be an address with its prefix length, such as 10.200.1.5/24')
+    return { address }
+  })
+  const interfaces = objectList(value, 'interfaces').map(({ item, at }) => ({
+    name: stringField(item, at, 'name', true)!,
+    mac: stringField(item, at, 'mac', false),
+    sandbox: stringField(item, at, 'sandbox', false),
+  }))
+  return { interfaces, ips }
+}
+
+function isObject(v: unknown): v is Record<string, unknown> {
+  return typeof v === 'object' && v !== null && !Array.isArray(v)
+}
+
+/** `prevResult.<field>`: absent, or a list of objects, each returned with its place for error messages. */
+function objectList(prev: Record<string, unknown>, field: string): { item: Record<string, unknown>; at: string }[] {
+  const items = prev[field] ?? []
+  if (!Array.isArray(items)) throw invalid(`prevResult.${field}`, items, 'it must be a list')
+  return items.map((item, i) => {
+    const at = `prevResult.${field}[${i}]`
+    if (!isObject(item)) throw invalid(at, item, 'it must be an object')
+    return { item, at }
+  })
+}
+
+function stringField(item: Record<string, unknown>, at: string, field: string, required: boolean): string | undefined {
+  if (item[field] === undefined && !required) return undefined
+  if (typeof item[field] !== 'string') throw invalid(`${at}.${field}`, item[field], 'it must be a string')
+  return item[field] as string
 }

@@ -171,6 +171,17 @@ test('a netns that does not exist gets code 4 naming CNI_NETNS', async () => {
   assert.match(r.json.msg, /CNI_NETNS/)
 })
 
+test('CHECK with a prevResult whose ips entries are not objects with a string address gets code 7, not 100', async () => {
+  const node = new Node({ cniVersion: '1.0.0' })
+  const { pod, result } = await node.addPod('c1')
+  for (const ips of [[null], ['10.200.1.2/24'], [{ address: 5 }]]) {
+    const r = await node.cni({ command: 'CHECK', containerId: 'c1', netns: nsPath(pod) }, { ...node.conf, prevResult: { ...result, ips } })
+    assert.is(r.json?.code, 7, r.stdout)
+    assert.match(r.json.msg, /"prevResult\.ips\[0\]/)
+    assert.not.ok(r.json.details, 'no stack trace')
+  }
+})
+
 test('stdin that is not JSON gets code 6, a missing variable code 4', async () => {
   const node = new Node()
   assert.is((await node.cni({ command: 'ADD', containerId: 'c1', netns: nsPath(node.pod()), input: 'not json' })).json.code, 6)

@@ -37,7 +37,31 @@ test('the seed config works as it is, with the documented defaults', () => {
 
 test('runtime keys are accepted and unknown keys ignored', () => {
   const c = parse({ prevResult: { ips: [] }, runtimeConfig: { portMappings: [] }, args: {}, 'cni.dev/valid-attachments': [], whatever: 1 })
-  assert.equal(c.prevResult, { ips: [] })
+  assert.equal(c.prevResult, { interfaces: [], ips: [] })
+})
+
+test('prevResult: addresses as ip prints them, interfaces with name and, where given, mac and sandbox', () => {
+  const prevResult = {
+    cniVersion: '1.0.0',
+    interfaces: [{ name: 'cni0', mac: '0a:58:0a:c8:01:01' }, { name: 'eth0', sandbox: '/var/run/netns/x' }],
+    ips: [{ address: 'fd00:0::5/64', gateway: 'fd00::1', interface: 1 }],
+  }
+  assert.equal(parse({ prevResult }).prevResult, {
+    interfaces: [
+      { name: 'cni0', mac: '0a:58:0a:c8:01:01', sandbox: undefined },
+      { name: 'eth0', mac: undefined, sandbox: '/var/run/netns/x' },
+    ],
+    ips: [{ address: 'fd00::5/64' }],
+  })
+})
+
+test('dual-stack: one gateway per family, as a list', () => {
+  const c = parse({ subnets: ['10.200.1.0/24', 'fd00:200:0:1::/64'], networks: ['10.200.0.0/16', 'fd00:200::/56'], gateway: ['fd00:200:0:1::fe', '10.200.1.254'] })
+  assert.equal(c.pools.map((p) => formatAddress(p.family, p.gateway)), ['10.200.1.254', 'fd00:200:0:1::fe'])
+})
+
+test('dual-stack with mtu 1280 is accepted', () => {
+  assert.is(parse({ subnets: ['10.200.1.0/24', 'fd00:200:0:1::/64'], networks: ['10.200.0.0/16', 'fd00:200::/56'], mtu: 1280 }).mtu, 1280)
 })
 
 test('a gateway can be chosen inside the subnet', () => {
@@ -80,6 +104,34 @@ test('rejected: a dual-stack subnet without a network of its family (code 7)', (
 test('rejected: a gateway outside the subnet (code 7)', () => rejects({ gateway: '10.200.2.1' }, 7, ['"gateway"', '10.200.2.1']))
 test('rejected: the broadcast address as gateway (code 7)', () => rejects({ gateway: '10.200.1.255' }, 7, ['"gateway"', '10.200.1.255']))
 test('rejected: a gateway that is not an address (code 7)', () => rejects({ gateway: 'router' }, 7, ['"gateway"', 'router']))
+const DUAL = { subnets: ['10.200.1.0/24', 'fd00:200:0:1::/64'], networks: ['10.200.0.0/16', 'fd00:200::/56'] }
+test('rejected: a network of /0 (code 7)', () => rejects({ network: '0.0.0.0/0' }, 7, ['"network"', '0.0.0.0/0', 'every address']))
+test('rejected: an IPv6 network of /0 (code 7)', () => rejects({ ...DUAL, networks: ['10.200.0.0/16', '::/0'] }, 7, ['"networks"', '::/0']))
+test('rejected: a subnet of /0 (code 7)', () => rejects({ subnet: '0.0.0.0/0' }, 7, ['"subnet"', '0.0.0.0/0', 'every address']))
+test('rejected: a multicast subnet (code 7)', () => rejects({ subnet: '224.0.1.0/24', network: '224.0.0.0/16' }, 7, ['"subnet"', '224.0.1.0/24', 'multicast']))
+test('rejected: a multicast network (code 7)', () => rejects({ network: '192.0.0.0/2', subnet: '192.168.1.0/24' }, 7, ['"network"', '192.0.0.0/2', 'multicast']))
+test('rejected: a network that holds link-local and multicast in its middle (code 7)', () => rejects({ network: '128.0.0.0/1', subnet: '128.0.1.0/24' }, 7, ['"network"', '128.0.0.0/1', 'multicast']))
+test('rejected: a loopback subnet (code 7)', () => rejects({ subnet: '127.0.1.0/24', network: '127.0.0.0/16' }, 7, ['"subnet"', 'loopback']))
+test('rejected: a link-local subnet (code 7)', () => rejects({ subnet: '169.254.1.0/24', network: '169.254.0.0/16' }, 7, ['"subnet"', 'link-local']))
+test('rejected: an IPv6 link-local subnet (code 7)', () => rejects({ subnet: 'fe80::/64', network: 'fe80::/56' }, 7, ['"subnet"', 'fe80::/64', 'link-local']))
+test('rejected: an IPv6 multicast network (code 7)', () => rejects({ ...DUAL, networks: ['10.200.0.0/16', 'ff00::/8'] }, 7, ['"networks"', 'ff00::/8', 'multicast']))
+test('rejected: an IPv6 network that holds ::1 (code 7)', () => rejects({ ...DUAL, networks: ['10.200.0.0/16', '::/64'] }, 7, ['"networks"', 'loopback']))
+test('rejected: dual-stack with mtu below 1280 (code 7)', () => rejects({ ...DUAL, mtu: 1279 }, 7, ['"mtu"', '1279', '1280']))
+test('rejected: IPv6-only with mtu below 1280 (code 7)', () => rejects({ subnet: 'fd00:200:0:1::/64', network: 'fd00:200::/56', mtu: 1000 }, 7, ['"mtu"', '1280']))
+test('rejected: an IPv6 gateway for an IPv4 subnet (code 7)', () => rejects({ gateway: 'fd00::1' }, 7, ['"gateway"', 'fd00::1', 'IPv6']))
+test('rejected: two IPv4 gateways (code 7)', () => rejects({ gateway: ['10.200.1.1', '10.200.1.2'] }, 7, ['"gateway"', '10.200.1.2', 'one address per family']))
+test('rejected: two IPv6 gateways in dual-stack (code 7)', () =>
+  rejects({ ...DUAL, gateway: ['fd00:200:0:1::1', 'fd00:200:0:1::2'] }, 7, ['"gateway"', 'one address per family']))
+test('rejected: a prevResult that is not an object (code 7)', () => rejects({ prevResult: 'ok' }, 7, ['"prevResult"']))
+test('rejected: prevResult.ips that is not a list (code 7)', () => rejects({ prevResult: { ips: {} } }, 7, ['"prevResult.ips"']))
+test('rejected: a prevResult ips entry that is null (code 7)', () => rejects({ prevResult: { ips: [null] } }, 7, ['"prevResult.ips[0]"', 'null']))
+test('rejected: a prevResult ips entry that is a string (code 7)', () =>
+  rejects({ prevResult: { ips: [{ address: '10.200.1.5/24' }, '10.200.1.6/24'] } }, 7, ['"prevResult.ips[1]"', '10.200.1.6/24']))
+test('rejected: a prevResult ips entry without an address (code 7)', () => rejects({ prevResult: { ips: [{ gateway: '10.200.1.1' }] } }, 7, ['"prevResult.ips[0].address"']))
+test('rejected: a prevResult address that is a number (code 7)', () => rejects({ prevResult: { ips: [{ address: 5 }] } }, 7, ['"prevResult.ips[0].address" = 5']))
+test('rejected: a prevResult address without a prefix (code 7)', () =>
+  rejects({ prevResult: { ips: [{ address: '10.200.1.5' }] } }, 7, ['"prevResult.ips[0].address"', '10.200.1.5']))
+test('rejected: a prevResult interface without a name (code 7)', () => rejects({ prevResult: { interfaces: [{ mac: 'x' }] } }, 7, ['"prevResult.interfaces[0].name"']))
 test('rejected: hairpinMode that is not a boolean (code 7)', () => rejects({ hairpinMode: 'yes' }, 7, ['"hairpinMode"', 'yes']))
 test('rejected: ipMasq that is not a boolean (code 7)', () => rejects({ ipMasq: 1 }, 7, ['"ipMasq"']))
 test('rejected: a relative dataDir (code 7)', () => rejects({ dataDir: 'ipam' }, 7, ['"dataDir"', 'ipam']))
