@@ -27,7 +27,7 @@ import { formatAddress, formatCidr, normalizeCidr } from './lib/ip.ts'
 import { type Attachment, type Owner, Store } from './lib/ipam.ts'
 import { type PodPlan, linkExists, newHostVethName, readMaster, readPod, setupPod, teardownPod } from './lib/link.ts'
 import { configureLog, log } from './lib/log.ts'
-import { MAX_STDIN, type NetConf, decodeJSON, parseNetConf } from './lib/netconf.ts'
+import { MAX_STDIN, type NetConf, askedVersion, decodeJSON, parseNetConf } from './lib/netconf.ts'
 import { ensureNode } from './lib/node.ts'
 import { version } from './package.json'
 
@@ -239,12 +239,12 @@ async function cni(): Promise<number> {
   try {
     const stdin = readStdin()
     // Errors answer in the version the config asked for, whenever it can be read at all.
-    const asked = /"cniVersion"\s*:\s*"([^"]*)"/.exec(stdin)?.[1]
-    if (asked) cniVersion = asked
+    cniVersion = askedVersion(stdin) ?? cniVersion
     const inv = readInvocation(process.env)
     if (inv.command === 'VERSION') {
       if (stdin.trim()) decodeJSON(stdin)
-      printJSON({ cniVersion, supportedVersions: SUPPORTED_VERSIONS })
+      // Whatever the config asked, as the reference plugins' skel does: the answer is about the plugin.
+      printJSON({ cniVersion: LATEST_VERSION, supportedVersions: SUPPORTED_VERSIONS })
       return 0
     }
     const conf = parseNetConf(stdin)

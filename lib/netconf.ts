@@ -67,6 +67,19 @@ export function decodeJSON(stdin: string): Record<string, unknown> {
   return doc as Record<string, unknown>
 }
 
+/**
+ * The config's own top-level `cniVersion`, for an error's answer even when the config is unusable otherwise;
+ * a `cniVersion` nested anywhere else (a prevResult's) does not count.
+ */
+export function askedVersion(stdin: string): string | undefined {
+  try {
+    const version = decodeJSON(stdin).cniVersion
+    return typeof version === 'string' ? version : undefined
+  } catch {
+    return undefined
+  }
+}
+
 export function parseNetConf(stdin: string): NetConf {
   const raw = decodeJSON(stdin)
   const cniVersion = assertSupportedVersion(raw.cniVersion)

@@ -45,7 +45,7 @@ test('install.sh --root stages the plugin and the conflist, and the plugin answe
   // Run it from a directory with no node_modules anywhere above it, as /opt/cni/bin is.
   const v = require('node:child_process').spawnSync(bin, [], { cwd: root, env: { PATH: '/usr/bin:/bin', CNI_COMMAND: 'VERSION' }, input: '{"cniVersion":"1.0.0"}', encoding: 'utf8' })
   assert.is(v.status, 0, v.stderr)
-  assert.is(JSON.parse(v.stdout).cniVersion, '1.0.0')
+  assert.is(JSON.parse(v.stdout).cniVersion, '1.1.0')
 })
 
 test('a second install.sh run leaves both files byte for byte and untouched', () => {
@@ -206,7 +206,7 @@ test('the DaemonSet\'s init script, under a temp root and a stand-in API server,
     assert.ok(readFileSync(installed, 'utf8').startsWith(`#!${env.NODE_ON_HOST}\n`))
     const v = sh(['env', '-i', 'CNI_COMMAND=VERSION', installed], '{"cniVersion":"0.4.0"}')
     assert.is(v.code, 0, v.stderr)
-    assert.is(JSON.parse(v.stdout).cniVersion, '0.4.0')
+    assert.is(JSON.parse(v.stdout).cniVersion, '1.1.0')
     const conf = JSON.parse(readFileSync(join(env.HOST_CONF, '10-kube-cni.conflist'), 'utf8'))
     assert.is(conf.plugins[0].subnet, '10.200.4.0/24')
     assert.equal(readdirSync(env.HOST_CONF), ['10-kube-cni.conflist'], 'no temp file left behind')

@@ -9,20 +9,30 @@ test.after.each(cleanupAll)
 
 const reserved = (node: Node) => readdirSync(join(String(node.conf.dataDir), 'k8s-pod-network')).filter((f) => /^\d+\.\d+\.\d+\.\d+$/.test(f))
 
-test('VERSION echoes the version asked for and lists every supported one', async () => {
+test('VERSION answers with kube-cni\'s newest version whatever the config asks, and lists every supported one', async () => {
   const node = new Node()
-  for (const asked of ['0.3.1', '1.1.0']) {
+  for (const asked of ['0.3.1', '1.0.0', '1.1.0', '0.2.0']) {
     const r = await node.cni({ command: 'VERSION', input: JSON.stringify({ cniVersion: asked }) })
     assert.is(r.code, 0)
-    assert.equal(r.json, { cniVersion: asked, supportedVersions: ['0.3.0', '0.3.1', '0.4.0', '1.0.0', '1.1.0'] })
+    assert.equal(r.json, { cniVersion: '1.1.0', supportedVersions: ['0.3.0', '0.3.1', '0.4.0', '1.0.0', '1.1.0'] })
   }
+})
+
+test('an error answers in the config\'s own cniVersion, not in that of a prevResult placed first', async () => {
+  const node = new Node({ cniVersion: '1.0.0', mtu: 1 })
+  const { mtu, ...conf } = node.conf
+  const input = JSON.stringify({ prevResult: { cniVersion: '0.3.0', ips: [] }, ...conf, mtu })
+  const r = await node.cni({ command: 'ADD', containerId: 'c1', netns: nsPath(node.pod()), input })
+  assert.is(r.json?.code, 7, r.stdout)
+  assert.match(r.json.msg, /"mtu"/)
+  assert.is(r.json.cniVersion, '1.0.0')
 })
 
 test('VERSION with the dummies podman sends still answers', async () => {
   const node = new Node()
   const r = await node.cni({ command: 'VERSION', netns: 'dummy', ifname: 'dummy', env: { CNI_PATH: 'dummy' }, input: '{"cniVersion":"1.0.0"}' })
   assert.is(r.code, 0)
-  assert.is(r.json.cniVersion, '1.0.0')
+  assert.is(r.json.cniVersion, '1.1.0')
 })
 
 test('containerd\'s inputs: CNI_NETNS=/proc/<pid>/ns/net on ADD, then an empty CNI_NETNS on DEL after the task exits', async () => {

@@ -2,7 +2,7 @@ import { test } from 'uvu'
 import * as assert from 'uvu/assert'
 import { CniError } from '../../lib/cni.ts'
 import { formatAddress, formatCidr } from '../../lib/ip.ts'
-import { parseNetConf } from '../../lib/netconf.ts'
+import { askedVersion, parseNetConf } from '../../lib/netconf.ts'
 
 const SEED = { cniVersion: '0.3.0', name: 'k8s-pod-network', type: 'kube-cni', network: '10.200.0.0/16', subnet: '10.200.1.0/24' }
 const parse = (extra: Record<string, unknown>) => parseNetConf(JSON.stringify({ ...SEED, ...extra }))
@@ -136,6 +136,13 @@ test('rejected: hairpinMode that is not a boolean (code 7)', () => rejects({ hai
 test('rejected: ipMasq that is not a boolean (code 7)', () => rejects({ ipMasq: 1 }, 7, ['"ipMasq"']))
 test('rejected: a relative dataDir (code 7)', () => rejects({ dataDir: 'ipam' }, 7, ['"dataDir"', 'ipam']))
 test('rejected: an unknown logLevel (code 7)', () => rejects({ logLevel: 'loud' }, 7, ['"logLevel"', 'loud']))
+
+test('the version an error answers in is the top-level cniVersion, not a prevResult\'s placed first', () => {
+  assert.is(askedVersion('{"prevResult": {"cniVersion": "0.3.0", "ips": []}, "cniVersion": "1.0.0"}'), '1.0.0')
+  assert.is(askedVersion('{"prevResult": {"cniVersion": "0.3.0"}}'), undefined)
+  assert.is(askedVersion('{"cniVersion": 1}'), undefined)
+  assert.is(askedVersion('{"cniVersion": "0.4.0", '), undefined)
+})
 
 test('rejected: stdin that is not JSON (code 6)', () => {
   try {
