@@ -104,17 +104,17 @@ export function hostSteps(p: PodPlan): Step[] {
   const mtu = conf.mtu ? ` mtu ${conf.mtu}` : ''
   return [
     {
-      line: `link add ${p.hostVeth}${mtu} type veth peer name ${p.ifname}${mtu} netns ${p.netns}`,
+      line: `link add name ${p.hostVeth}${mtu} type veth peer name ${p.ifname}${mtu} netns ${p.netns}`,
       why: 'bash: ip link add $CNI_IFNAME type veth peer name $host_ifname; ip link set $CNI_IFNAME netns $CNI_CONTAINERID',
     },
-    { line: `link set ${p.hostVeth} master ${conf.bridge} up`, why: 'bash: ip link set $host_ifname up; ip link set $host_ifname master cni0' },
-    ...(conf.hairpinMode ? [{ line: `link set ${p.hostVeth} type bridge_slave hairpin on`, why: 'new: a pod can reach itself through a Service VIP' }] : []),
+    { line: `link set dev ${p.hostVeth} master ${conf.bridge} up`, why: 'bash: ip link set $host_ifname up; ip link set $host_ifname master cni0' },
+    ...(conf.hairpinMode ? [{ line: `link set dev ${p.hostVeth} type bridge_slave hairpin on`, why: 'new: a pod can reach itself through a Service VIP' }] : []),
     // Re-asserted on every ADD (cheap and idempotent): heals a bridge whose address or state was lost.
     ...conf.pools.map((pool) => ({
       line: `addr replace ${cidrOf(pool, pool.gateway)} dev ${conf.bridge}${nodad(pool)}`,
       why: 'bash: ip addr add <gateway> dev cni0 (done by hand)',
     })),
-    { line: `link set ${conf.bridge} up`, why: 'bash: ip link set cni0 up (done by hand)' },
+    { line: `link set dev ${conf.bridge} up`, why: 'bash: ip link set cni0 up (done by hand)' },
     { line: `link show dev ${conf.bridge}` },
     { line: `link show dev ${p.hostVeth}` },
   ]
@@ -127,7 +127,7 @@ export function podSteps(p: PodPlan): Step[] {
       line: `addr add ${cidrOf(pool, ip)} dev ${p.ifname}${nodad(pool)}`,
       why: 'bash: ip netns exec $CNI_CONTAINERID ip addr add $ip/$mask dev $CNI_IFNAME',
     })),
-    { line: `link set ${p.ifname} up`, why: 'bash: ip netns exec $CNI_CONTAINERID ip link set $CNI_IFNAME up' },
+    { line: `link set dev ${p.ifname} up`, why: 'bash: ip netns exec $CNI_CONTAINERID ip link set $CNI_IFNAME up' },
     ...p.ips.map(({ pool }) => ({
       line: `route add ${pool.family === 4 ? 'default' : '::/0'} via ${formatAddress(pool.family, pool.gateway)} dev ${p.ifname}`,
       why: 'bash: ip netns exec $CNI_CONTAINERID ip route add default via $gw dev $CNI_IFNAME',
@@ -151,12 +151,12 @@ export async function setupPod(p: PodPlan, onSpawn: (pid: number) => void): Prom
 /** Deleting either end of a veth deletes both. Missing links and netns are not errors: DEL must be idempotent. */
 export async function teardownPod(netns: string, ifname: string, hostVeth?: string): Promise<void> {
   if (hostVeth && linkExists(hostVeth)) {
-    const r = await ipBatch([{ line: `link del ${hostVeth}`, why: 'new: the bash DEL never removed the veth' }])
+    const r = await ipBatch([{ line: `link del dev ${hostVeth}`, why: 'new: the bash DEL never removed the veth' }])
     if (r.code !== 0 && linkExists(hostVeth)) throw kernelError(`cannot delete ${hostVeth}`, r)
     return
   }
   if (!netns || !existsSync(netns)) return
-  const r = await ipBatch([{ line: `link del ${ifname}`, why: 'new: the bash DEL never removed the veth' }], netns)
+  const r = await ipBatch([{ line: `link del dev ${ifname}`, why: 'new: the bash DEL never removed the veth' }], netns)
   if (r.code !== 0 && !/Cannot find device|does not exist/.test(r.error)) throw kernelError(`cannot delete ${ifname} in ${netns}`, r)
 }
 
