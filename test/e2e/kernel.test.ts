@@ -1,7 +1,7 @@
 // The plugin against what real nodes and runtimes do to it: interface names that look like iproute2
 // keywords, netns paths that are not (or no longer) network namespaces, killed ADDs, missing tools, and
 // hostile text that reaches the log.
-import { existsSync, readdirSync } from 'node:fs'
+import { existsSync, readFileSync, readdirSync } from 'node:fs'
 import { join } from 'node:path'
 import { test } from 'uvu'
 import * as assert from 'uvu/assert'
@@ -36,6 +36,20 @@ test('interface names that are iproute2 keywords work as CNI_IFNAME and bridge: 
     assert.equal(reserved(node), [], name)
     cleanupAll()
   }
+})
+
+test('CNI_ARGS with a newline cannot forge a line of the log file', async () => {
+  const node = new Node()
+  const forged = '2020-01-01T00:00:00.000Z INFO [1] ADD forged/eth0: ok'
+  const args = `K8S_POD_NAMESPACE=default;K8S_POD_NAME=web\n${forged}\x1b[2J`
+  const { pod } = await node.addPod('c1', { args })
+  const del = await node.cni({ command: 'DEL', containerId: 'c1', netns: nsPath(pod), args })
+  assert.is(del.code, 0, del.stdout + del.stderr)
+  const lines = readFileSync(String(node.conf.logFile), 'utf8').split('\n').filter(Boolean)
+  assert.ok(lines.length >= 2)
+  for (const line of lines) assert.match(line, /^\d{4}-\d\d-\d\dT[\d:.]+Z (INFO|ERROR|DEBUG) \[\d+\] [^\x00-\x1f]*$/)
+  assert.not.ok(lines.some((l) => l.startsWith(forged)))
+  assert.ok(lines.some((l) => l.includes(`pod=default/web\\n${forged}\\x1b[2J`)), lines.join('\n'))
 })
 
 test.run()
