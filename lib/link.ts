@@ -1,7 +1,7 @@
 // The kernel work of one pod, through iproute2: the bridge, the veth pair, addresses and routes. Each side
 // (host and pod) is one `ip -batch` exec, and the same execs read back the MACs with `-j`, so an ADD costs
 // two child processes. Every line is also a line a learner can type; explain mode prints them.
-import { closeSync, existsSync, openSync, readSync } from 'node:fs'
+import { closeSync, existsSync, openSync, readSync, readlinkSync, statSync } from 'node:fs'
 import { CniError, Code } from './cni.ts'
 import { type Step, explainSteps, run } from './exec.ts'
 import { log } from './log.ts'
@@ -15,6 +15,34 @@ import type { NetConf, Pool } from './netconf.ts'
  */
 export function linkExists(name: string): boolean {
   return existsSync(`/proc/sys/net/ipv4/conf/${name}`)
+}
+
+/**
+ * Why `path` is not a network namespace, or undefined when it is one. A netns is a file of nsfs (the one
+ * filesystem /proc/self/ns/* live on): /proc/PID/ns/net, or a bind mount of it as `ip netns add` and runtimes
+ * make. A stale mount point is the empty file left behind when that bind mount is gone.
+ */
+export function netnsProblem(path: string): string | undefined {
+  let st
+  try {
+    st = statSync(path)
+  } catch (e) {
+    return (e as NodeJS.ErrnoException).code === 'ENOENT' ? 'does not exist' : `cannot be read: ${(e as Error).message}`
+  }
+  if (st.isDirectory()) return 'is a directory, not a network namespace'
+  if (st.dev !== statSync('/proc/self/ns/net').dev)
+    return st.isFile() && st.size === 0
+      ? 'is an empty file, not a network namespace (a netns mount point whose namespace is gone?)'
+      : 'is not a network namespace'
+  // /proc/PID/ns/* are links that name their kind; a bind mount does not, and `ip` refuses a wrong one.
+  let target = ''
+  try {
+    target = readlinkSync(path)
+  } catch {
+    // not a link: a bind mount
+  }
+  const kind = /^(\w+):\[/.exec(target)?.[1]
+  return kind && kind !== 'net' ? `is a ${kind} namespace, not a network namespace` : undefined
 }
 
 /**
@@ -143,7 +171,10 @@ export async function setupPod(p: PodPlan, onSpawn: (pid: number) => void): Prom
       throw new CniError(Code.AlreadyExists, `interface ${p.ifname} already exists in ${p.netns}`, 'DEL the old attachment or choose another CNI_IFNAME')
     throw Object.assign(kernelError('cannot create the veth pair', host), { hostVethCreated: host.failedLine !== 1 })
   }
-  const pod = await ipBatch(podSteps(p), p.netns, onSpawn)
+  // The host end exists from here on: whatever fails, even starting nsenter, the caller must remove it.
+  const pod = await ipBatch(podSteps(p), p.netns, onSpawn).catch((e) => {
+    throw Object.assign(e, { hostVethCreated: true })
+  })
   if (pod.code !== 0) throw Object.assign(kernelError(`cannot configure ${p.ifname} in ${p.netns}`, pod), { hostVethCreated: true })
   return { bridgeMac: host.json[0][0].address, hostVethMac: host.json[1][0].address, podMac: pod.json[0][0].address }
 }

@@ -1,11 +1,11 @@
 // The plugin against what real nodes and runtimes do to it: interface names that look like iproute2
 // keywords, netns paths that are not (or no longer) network namespaces, killed ADDs, missing tools, and
 // hostile text that reaches the log.
-import { existsSync, readFileSync, readdirSync } from 'node:fs'
+import { existsSync, mkdirSync, readFileSync, readdirSync, symlinkSync, writeFileSync } from 'node:fs'
 import { join } from 'node:path'
 import { test } from 'uvu'
 import * as assert from 'uvu/assert'
-import { Node, cleanupAll, ipj, nsPath, ping } from '../helpers/cluster.ts'
+import { Node, PLUGIN, TMP, cleanupAll, ipj, nsPath, ping, sh } from '../helpers/cluster.ts'
 
 test.after.each(cleanupAll)
 
@@ -50,6 +50,56 @@ test('CNI_ARGS with a newline cannot forge a line of the log file', async () => 
   for (const line of lines) assert.match(line, /^\d{4}-\d\d-\d\dT[\d:.]+Z (INFO|ERROR|DEBUG) \[\d+\] [^\x00-\x1f]*$/)
   assert.not.ok(lines.some((l) => l.startsWith(forged)))
   assert.ok(lines.some((l) => l.includes(`pod=default/web\\n${forged}\\x1b[2J`)), lines.join('\n'))
+})
+
+/** A PATH with everything the standard one has except `tool`. */
+function pathWithout(tool: string): string {
+  const bin = join(TMP, `bin-without-${tool}`)
+  mkdirSync(bin, { recursive: true })
+  for (const dir of ['/usr/local/sbin', '/usr/local/bin', '/usr/sbin', '/usr/bin', '/sbin', '/bin'])
+    for (const name of existsSync(dir) ? readdirSync(dir) : [])
+      if (name !== tool && !existsSync(join(bin, name))) symlinkSync(join(dir, name), join(bin, name))
+  return bin
+}
+
+for (const [tool, pkg] of [['ip', 'iproute2'], ['nsenter', 'util-linux'], ['flock', 'util-linux']]) {
+  test(`a missing ${tool} is a CNI error naming it and the Debian package ${pkg}, with no stack`, async () => {
+    const node = new Node()
+    // Started by hand: the helper's own nsenter would be looked up in the PATH it gives the plugin.
+    const env = { PATH: pathWithout(tool), CNI_COMMAND: 'ADD', CNI_CONTAINERID: 'c1', CNI_NETNS: nsPath(node.pod()), CNI_IFNAME: 'eth0' }
+    const run = sh(['nsenter', `--net=${nsPath(node.ns)}`, 'env', '-i', ...Object.entries(env).map(([k, v]) => `${k}=${v}`), PLUGIN], JSON.stringify(node.conf))
+    const add = { ...run, json: JSON.parse(run.stdout) }
+    assert.is(add.code, 1)
+    assert.is(add.json.code, 100, add.stdout)
+    assert.match(add.json.msg, new RegExp(`needs ${tool}\\b`))
+    assert.match(add.json.details, pkg)
+    assert.not.match(add.stdout, /ENOENT|\n\s+at /)
+    assert.equal(reserved(node), [])
+    assert.equal(veths(node), [])
+  })
+}
+
+test('a CNI_NETNS that is not a network namespace is refused with a message that says so', async () => {
+  const node = new Node()
+  const file = join(TMP, 'not-a-netns')
+  writeFileSync(file, 'hello')
+  const empty = join(TMP, 'stale-mountpoint')
+  writeFileSync(empty, '')
+  const dir = join(TMP, 'a-directory')
+  mkdirSync(dir, { recursive: true })
+  for (const [netns, why] of [
+    [file, /is not a network namespace/],
+    [empty, /is an empty file, not a network namespace/],
+    [dir, /is a directory, not a network namespace/],
+    ['/proc/self/ns/uts', /is a uts namespace, not a network namespace/],
+  ] as const) {
+    const add = await node.cni({ command: 'ADD', containerId: 'c1', netns })
+    assert.is(add.json?.code, 4, `${netns}: ${add.stdout}`)
+    assert.match(add.json.msg, `CNI_NETNS=${netns}`)
+    assert.match(add.json.msg, why)
+  }
+  assert.equal(reserved(node), [])
+  assert.equal(veths(node), [])
 })
 
 test.run()
