@@ -9,7 +9,7 @@
 //   DEL    the same, backwards, and tolerant of every piece that is already gone
 //   CHECK  compare prevResult with what the kernel and the IPAM store really hold
 //   GC, STATUS, VERSION: see below.
-import { existsSync, readSync } from 'node:fs'
+import { readSync } from 'node:fs'
 import {
   CniError,
   Code,
@@ -25,7 +25,7 @@ import {
 import { waitForExit } from './lib/exec.ts'
 import { formatAddress, formatCidr, normalizeCidr } from './lib/ip.ts'
 import { type Attachment, type Owner, Store } from './lib/ipam.ts'
-import { type PodPlan, linkExists, newHostVethName, readMaster, readPod, setupPod, teardownPod } from './lib/link.ts'
+import { type PodPlan, linkExists, netnsProblem, newHostVethName, readMaster, readPod, setupPod, teardownPod } from './lib/link.ts'
 import { configureLog, log } from './lib/log.ts'
 import { MAX_STDIN, type NetConf, askedVersion, decodeJSON, parseNetConf } from './lib/netconf.ts'
 import { ensureNode } from './lib/node.ts'
@@ -198,8 +198,13 @@ function requireSandbox(inv: Invocation, code: number): void {
   // The path goes into an `ip -batch` line, so it must be one word with no quoting or comment characters.
   if (!/^\/[A-Za-z0-9_.\/:@+=-]+$/.test(inv.netns))
     throw new CniError(Code.InvalidEnv, `invalid environment variable CNI_NETNS: ${JSON.stringify(inv.netns)} is not a plain absolute path`)
-  if (!existsSync(inv.netns))
-    throw new CniError(code, `the sandbox CNI_NETNS=${inv.netns} does not exist`, 'the runtime must create the network namespace before ADD or CHECK')
+  const problem = netnsProblem(inv.netns)
+  if (problem)
+    throw new CniError(
+      code,
+      `the sandbox CNI_NETNS=${inv.netns} ${problem}`,
+      'the runtime must create the network namespace before ADD or CHECK and pass its path (/proc/PID/ns/net or a bind mount of it)',
+    )
 }
 
 function requireVersion(conf: NetConf, command: string, min: string): void {

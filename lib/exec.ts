@@ -3,6 +3,7 @@
 // tests and scripts use zx where that cost does not matter.
 import { spawn } from 'node:child_process'
 import { readFileSync } from 'node:fs'
+import { CniError, Code } from './cni.ts'
 
 export interface Output {
   code: number
@@ -32,11 +33,34 @@ export function run(argv: string[], input = '', onSpawn?: (pid: number) => void)
     let stderr = ''
     child.stdout.setEncoding('utf8').on('data', (d) => (stdout += d))
     child.stderr.setEncoding('utf8').on('data', (d) => (stderr += d))
-    child.on('error', reject)
+    child.on('error', (e) => reject(spawnError(argv[0], e)))
     child.on('close', (code) => resolve({ code: code ?? 1, stdout, stderr }))
     child.stdin.on('error', () => {}) // a tool that exits early closes its stdin; its exit code tells the story
     child.stdin.end(input)
   })
+}
+
+// The Debian package of each tool the plugin runs, for the message when one is missing.
+const PACKAGES: Record<string, string> = {
+  ip: 'iproute2',
+  nsenter: 'util-linux',
+  flock: 'util-linux',
+  iptables: 'iptables',
+  'iptables-restore': 'iptables',
+  ip6tables: 'iptables',
+  'ip6tables-restore': 'iptables',
+}
+
+/** A tool that cannot be started: a CNI error naming it and its package, not `spawn ip ENOENT` with a stack. */
+export function spawnError(tool: string, e: Error): CniError {
+  const pkg = PACKAGES[tool]
+  if ((e as NodeJS.ErrnoException).code === 'ENOENT')
+    return new CniError(
+      Code.Internal,
+      `kube-cni needs ${tool}, and it is not in PATH=${process.env.PATH ?? ''}`,
+      pkg ? `install the Debian package ${pkg} on the node (apt-get install ${pkg})` : `install ${tool} on the node`,
+    )
+  return new CniError(Code.Internal, `cannot run ${tool}: ${e.message}`)
 }
 
 /**

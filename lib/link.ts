@@ -1,7 +1,7 @@
 // The kernel work of one pod, through iproute2: the bridge, the veth pair, addresses and routes. Each side
 // (host and pod) is one `ip -batch` exec, and the same execs read back the MACs with `-j`, so an ADD costs
 // two child processes. Every line is also a line a learner can type; explain mode prints them.
-import { closeSync, existsSync, openSync, readSync } from 'node:fs'
+import { closeSync, existsSync, openSync, readSync, readlinkSync, statSync } from 'node:fs'
 import { CniError, Code } from './cni.ts'
 import { type Step, explainSteps, run } from './exec.ts'
 import { log } from './log.ts'
@@ -15,6 +15,34 @@ import type { NetConf, Pool } from './netconf.ts'
  */
 export function linkExists(name: string): boolean {
   return existsSync(`/proc/sys/net/ipv4/conf/${name}`)
+}
+
+/**
+ * Why `path` is not a network namespace, or undefined when it is one. A netns is a file of nsfs (the one
+ * filesystem /proc/self/ns/* live on): /proc/PID/ns/net, or a bind mount of it as `ip netns add` and runtimes
+ * make. A stale mount point is the empty file left behind when that bind mount is gone.
+ */
+export function netnsProblem(path: string): string | undefined {
+  let st
+  try {
+    st = statSync(path)
+  } catch (e) {
+    return (e as NodeJS.ErrnoException).code === 'ENOENT' ? 'does not exist' : `cannot be read: ${(e as Error).message}`
+  }
+  if (st.isDirectory()) return 'is a directory, not a network namespace'
+  if (st.dev !== statSync('/proc/self/ns/net').dev)
+    return st.isFile() && st.size === 0
+      ? 'is an empty file, not a network namespace (a netns mount point whose namespace is gone?)'
+      : 'is not a network namespace'
+  // /proc/PID/ns/* are links that name their kind; a bind mount does not, and `ip` refuses a wrong one.
+  let target = ''
+  try {
+    target = readlinkSync(path)
+  } catch {
+    // not a link: a bind mount
+  }
+  const kind = /^(\w+):\[/.exec(target)?.[1]
+  return kind && kind !== 'net' ? `is a ${kind} namespace, not a network namespace` : undefined
 }
 
 /**
@@ -104,17 +132,17 @@ export function hostSteps(p: PodPlan): Step[] {
   const mtu = conf.mtu ? ` mtu ${conf.mtu}` : ''
   return [
     {
-      line: `link add ${p.hostVeth}${mtu} type veth peer name ${p.ifname}${mtu} netns ${p.netns}`,
+      line: `link add name ${p.hostVeth}${mtu} type veth peer name ${p.ifname}${mtu} netns ${p.netns}`,
       why: 'bash: ip link add $CNI_IFNAME type veth peer name $host_ifname; ip link set $CNI_IFNAME netns $CNI_CONTAINERID',
     },
-    { line: `link set ${p.hostVeth} master ${conf.bridge} up`, why: 'bash: ip link set $host_ifname up; ip link set $host_ifname master cni0' },
-    ...(conf.hairpinMode ? [{ line: `link set ${p.hostVeth} type bridge_slave hairpin on`, why: 'new: a pod can reach itself through a Service VIP' }] : []),
+    { line: `link set dev ${p.hostVeth} master ${conf.bridge} up`, why: 'bash: ip link set $host_ifname up; ip link set $host_ifname master cni0' },
+    ...(conf.hairpinMode ? [{ line: `link set dev ${p.hostVeth} type bridge_slave hairpin on`, why: 'new: a pod can reach itself through a Service VIP' }] : []),
     // Re-asserted on every ADD (cheap and idempotent): heals a bridge whose address or state was lost.
     ...conf.pools.map((pool) => ({
       line: `addr replace ${cidrOf(pool, pool.gateway)} dev ${conf.bridge}${nodad(pool)}`,
       why: 'bash: ip addr add <gateway> dev cni0 (done by hand)',
     })),
-    { line: `link set ${conf.bridge} up`, why: 'bash: ip link set cni0 up (done by hand)' },
+    { line: `link set dev ${conf.bridge} up`, why: 'bash: ip link set cni0 up (done by hand)' },
     { line: `link show dev ${conf.bridge}` },
     { line: `link show dev ${p.hostVeth}` },
   ]
@@ -127,7 +155,7 @@ export function podSteps(p: PodPlan): Step[] {
       line: `addr add ${cidrOf(pool, ip)} dev ${p.ifname}${nodad(pool)}`,
       why: 'bash: ip netns exec $CNI_CONTAINERID ip addr add $ip/$mask dev $CNI_IFNAME',
     })),
-    { line: `link set ${p.ifname} up`, why: 'bash: ip netns exec $CNI_CONTAINERID ip link set $CNI_IFNAME up' },
+    { line: `link set dev ${p.ifname} up`, why: 'bash: ip netns exec $CNI_CONTAINERID ip link set $CNI_IFNAME up' },
     ...p.ips.map(({ pool }) => ({
       line: `route add ${pool.family === 4 ? 'default' : '::/0'} via ${formatAddress(pool.family, pool.gateway)} dev ${p.ifname}`,
       why: 'bash: ip netns exec $CNI_CONTAINERID ip route add default via $gw dev $CNI_IFNAME',
@@ -143,7 +171,10 @@ export async function setupPod(p: PodPlan, onSpawn: (pid: number) => void): Prom
       throw new CniError(Code.AlreadyExists, `interface ${p.ifname} already exists in ${p.netns}`, 'DEL the old attachment or choose another CNI_IFNAME')
     throw Object.assign(kernelError('cannot create the veth pair', host), { hostVethCreated: host.failedLine !== 1 })
   }
-  const pod = await ipBatch(podSteps(p), p.netns, onSpawn)
+  // The host end exists from here on: whatever fails, even starting nsenter, the caller must remove it.
+  const pod = await ipBatch(podSteps(p), p.netns, onSpawn).catch((e) => {
+    throw Object.assign(e, { hostVethCreated: true })
+  })
   if (pod.code !== 0) throw Object.assign(kernelError(`cannot configure ${p.ifname} in ${p.netns}`, pod), { hostVethCreated: true })
   return { bridgeMac: host.json[0][0].address, hostVethMac: host.json[1][0].address, podMac: pod.json[0][0].address }
 }
@@ -151,12 +182,12 @@ export async function setupPod(p: PodPlan, onSpawn: (pid: number) => void): Prom
 /** Deleting either end of a veth deletes both. Missing links and netns are not errors: DEL must be idempotent. */
 export async function teardownPod(netns: string, ifname: string, hostVeth?: string): Promise<void> {
   if (hostVeth && linkExists(hostVeth)) {
-    const r = await ipBatch([{ line: `link del ${hostVeth}`, why: 'new: the bash DEL never removed the veth' }])
+    const r = await ipBatch([{ line: `link del dev ${hostVeth}`, why: 'new: the bash DEL never removed the veth' }])
     if (r.code !== 0 && linkExists(hostVeth)) throw kernelError(`cannot delete ${hostVeth}`, r)
     return
   }
   if (!netns || !existsSync(netns)) return
-  const r = await ipBatch([{ line: `link del ${ifname}`, why: 'new: the bash DEL never removed the veth' }], netns)
+  const r = await ipBatch([{ line: `link del dev ${ifname}`, why: 'new: the bash DEL never removed the veth' }], netns)
   if (r.code !== 0 && !/Cannot find device|does not exist/.test(r.error)) throw kernelError(`cannot delete ${ifname} in ${netns}`, r)
 }
 

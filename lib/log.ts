@@ -15,9 +15,23 @@ export function configureLog(opts: { file?: string; level?: LogLevel; context?: 
   if (opts.context !== undefined) context = opts.context
 }
 
+const NAMED: Record<string, string> = { '\n': '\\n', '\r': '\\r', '\t': '\\t' }
+
+/**
+ * Names, CNI_ARGS and messages come from outside: a newline in a pod name must not start a log line of its
+ * own, nor an escape sequence repaint the terminal of whoever reads the log. C0, DEL, C1 and the Unicode
+ * line and paragraph separators become visible escapes.
+ */
+export function escapeControl(text: string): string {
+  return text.replace(/[\x00-\x1f\x7f-\x9f\u2028\u2029]/g, (c) => {
+    const code = c.charCodeAt(0)
+    return NAMED[c] ?? (code < 0x100 ? `\\x${code.toString(16).padStart(2, '0')}` : `\\u${code.toString(16)}`)
+  })
+}
+
 function write(lvl: LogLevel, msg: string): void {
   if (RANK[lvl] > RANK[level]) return
-  const line = `${new Date().toISOString()} ${lvl.toUpperCase()} [${process.pid}] ${context}${msg}\n`
+  const line = `${new Date().toISOString()} ${lvl.toUpperCase()} [${process.pid}] ${escapeControl(context + msg)}\n`
   process.stderr.write(line)
   if (!file) return
   try {

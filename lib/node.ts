@@ -11,7 +11,7 @@ import { existsSync, mkdirSync, writeFileSync } from 'node:fs'
 import { join } from 'node:path'
 import { spawn } from 'node:child_process'
 import { CniError, Code } from './cni.ts'
-import { explainSteps, run } from './exec.ts'
+import { explainSteps, run, spawnError } from './exec.ts'
 import { formatCidr } from './ip.ts'
 import { createBridge, linkExists } from './link.ts'
 import type { NetConf, Pool } from './netconf.ts'
@@ -100,7 +100,7 @@ export async function withLock<T>(path: string, fn: () => Promise<T>): Promise<T
   mkdirSync(join(path, '..'), { recursive: true, mode: 0o700 })
   const holder = spawn('flock', ['-x', '-w', String(LOCK_WAIT_SECONDS), path, 'cat'], { stdio: ['pipe', 'pipe', 'pipe'] })
   await new Promise<void>((resolve, reject) => {
-    holder.on('error', reject)
+    holder.on('error', (e) => reject(spawnError('flock', e)))
     holder.on('exit', () => reject(new CniError(Code.TryAgainLater, `could not lock ${path} within ${LOCK_WAIT_SECONDS}s`, 'another kube-cni is setting up this node; retry')))
     holder.stdout.once('data', () => resolve()) // cat echoes our byte only once flock holds the lock
     holder.stdin.write('\n')

@@ -1,0 +1,105 @@
+// The plugin against what real nodes and runtimes do to it: interface names that look like iproute2
+// keywords, netns paths that are not (or no longer) network namespaces, killed ADDs, missing tools, and
+// hostile text that reaches the log.
+import { existsSync, mkdirSync, readFileSync, readdirSync, symlinkSync, writeFileSync } from 'node:fs'
+import { join } from 'node:path'
+import { test } from 'uvu'
+import * as assert from 'uvu/assert'
+import { Node, PLUGIN, TMP, cleanupAll, ipj, nsPath, ping, sh } from '../helpers/cluster.ts'
+
+test.after.each(cleanupAll)
+
+const storeDir = (node: Node) => join(String(node.conf.dataDir), 'k8s-pod-network')
+const reserved = (node: Node) => (existsSync(storeDir(node)) ? readdirSync(storeDir(node)).filter((f) => /^\d+\.\d+\.\d+\.\d+$/.test(f)) : [])
+const veths = (node: Node) => node.ip('link', 'show', 'type', 'veth')
+
+// Each is a prefix of an iproute2 keyword, so `ip link set NAME up` without `dev` parses it as that keyword.
+const KEYWORD_NAMES = ['a', 'br', 'vf', 'up', 'dev', 'mtu', 'link', 'master', 'nomaster', 'netns', 'promisc', 'carrier', 'name', 'type', 'help', 'down', 'arp', 'group', 'alias', 'address', 'txqlen']
+
+test('interface names that are iproute2 keywords work as CNI_IFNAME and bridge: ADD, ping, DEL', async () => {
+  for (const name of KEYWORD_NAMES) {
+    const node = new Node({ bridge: name })
+    const pod = node.pod()
+    const add = await node.cni({ command: 'ADD', containerId: `c-${name}`, netns: nsPath(pod), ifname: name })
+    assert.is(add.code, 0, `${name}: ${add.stdout}${add.stderr}`)
+    const [podIf] = ipj(pod, 'addr', 'show', 'dev', name)
+    assert.is(podIf.operstate, 'UP', name)
+    assert.ok(podIf.addr_info.some((a: any) => a.local === add.json.ips[0].address.split('/')[0]), name)
+    const [host] = node.ip('link', 'show', 'dev', add.json.interfaces[1].name)
+    assert.is(host.master, name)
+    assert.ok(ping(pod, '10.200.1.1'), `${name}: the pod pings its gateway`)
+
+    const del = await node.cni({ command: 'DEL', containerId: `c-${name}`, netns: nsPath(pod), ifname: name })
+    assert.is(del.code, 0, `${name}: ${del.stdout}${del.stderr}`)
+    assert.is(ipj(pod, 'link', 'show').length, 1, `${name}: only lo is left in the pod`)
+    assert.equal(veths(node), [], name)
+    assert.equal(reserved(node), [], name)
+    cleanupAll()
+  }
+})
+
+test('CNI_ARGS with a newline cannot forge a line of the log file', async () => {
+  const node = new Node()
+  const forged = '2020-01-01T00:00:00.000Z INFO [1] ADD forged/eth0: ok'
+  const args = `K8S_POD_NAMESPACE=default;K8S_POD_NAME=web\n${forged}\x1b[2J`
+  const { pod } = await node.addPod('c1', { args })
+  const del = await node.cni({ command: 'DEL', containerId: 'c1', netns: nsPath(pod), args })
+  assert.is(del.code, 0, del.stdout + del.stderr)
+  const lines = readFileSync(String(node.conf.logFile), 'utf8').split('\n').filter(Boolean)
+  assert.ok(lines.length >= 2)
+  for (const line of lines) assert.match(line, /^\d{4}-\d\d-\d\dT[\d:.]+Z (INFO|ERROR|DEBUG) \[\d+\] [^\x00-\x1f]*$/)
+  assert.not.ok(lines.some((l) => l.startsWith(forged)))
+  assert.ok(lines.some((l) => l.includes(`pod=default/web\\n${forged}\\x1b[2J`)), lines.join('\n'))
+})
+
+/** A PATH with everything the standard one has except `tool`. */
+function pathWithout(tool: string): string {
+  const bin = join(TMP, `bin-without-${tool}`)
+  mkdirSync(bin, { recursive: true })
+  for (const dir of ['/usr/local/sbin', '/usr/local/bin', '/usr/sbin', '/usr/bin', '/sbin', '/bin'])
+    for (const name of existsSync(dir) ? readdirSync(dir) : [])
+      if (name !== tool && !existsSync(join(bin, name))) symlinkSync(join(dir, name), join(bin, name))
+  return bin
+}
+
+for (const [tool, pkg] of [['ip', 'iproute2'], ['nsenter', 'util-linux'], ['flock', 'util-linux']]) {
+  test(`a missing ${tool} is a CNI error naming it and the Debian package ${pkg}, with no stack`, async () => {
+    const node = new Node()
+    // Started by hand: the helper's own nsenter would be looked up in the PATH it gives the plugin.
+    const env = { PATH: pathWithout(tool), CNI_COMMAND: 'ADD', CNI_CONTAINERID: 'c1', CNI_NETNS: nsPath(node.pod()), CNI_IFNAME: 'eth0' }
+    const run = sh(['nsenter', `--net=${nsPath(node.ns)}`, 'env', '-i', ...Object.entries(env).map(([k, v]) => `${k}=${v}`), PLUGIN], JSON.stringify(node.conf))
+    const add = { ...run, json: JSON.parse(run.stdout) }
+    assert.is(add.code, 1)
+    assert.is(add.json.code, 100, add.stdout)
+    assert.match(add.json.msg, new RegExp(`needs ${tool}\\b`))
+    assert.match(add.json.details, pkg)
+    assert.not.match(add.stdout, /ENOENT|\n\s+at /)
+    assert.equal(reserved(node), [])
+    assert.equal(veths(node), [])
+  })
+}
+
+test('a CNI_NETNS that is not a network namespace is refused with a message that says so', async () => {
+  const node = new Node()
+  const file = join(TMP, 'not-a-netns')
+  writeFileSync(file, 'hello')
+  const empty = join(TMP, 'stale-mountpoint')
+  writeFileSync(empty, '')
+  const dir = join(TMP, 'a-directory')
+  mkdirSync(dir, { recursive: true })
+  for (const [netns, why] of [
+    [file, /is not a network namespace/],
+    [empty, /is an empty file, not a network namespace/],
+    [dir, /is a directory, not a network namespace/],
+    ['/proc/self/ns/uts', /is a uts namespace, not a network namespace/],
+  ] as const) {
+    const add = await node.cni({ command: 'ADD', containerId: 'c1', netns })
+    assert.is(add.json?.code, 4, `${netns}: ${add.stdout}`)
+    assert.match(add.json.msg, `CNI_NETNS=${netns}`)
+    assert.match(add.json.msg, why)
+  }
+  assert.equal(reserved(node), [])
+  assert.equal(veths(node), [])
+})
+
+test.run()
