@@ -152,7 +152,19 @@ async function cmdGc(conf: NetConf): Promise<void> {
   const listed = conf.raw['cni.dev/valid-attachments'] ?? conf.raw['cni.dev/attachments']
   if (listed !== null && !Array.isArray(listed))
     throw new CniError(Code.InvalidConfig, 'GC needs "cni.dev/valid-attachments": a list of {containerID, ifname}')
-  const valid = new Set(((listed ?? []) as { containerID: string; ifname: string }[]).map((a) => `${a.containerID}:${a.ifname}`))
+  // A malformed entry is refused whole: guessing what it meant could tear down a live pod.
+  const valid = new Set(
+    ((listed ?? []) as unknown[]).map((a, i) => {
+      const entry = a as { containerID?: unknown; ifname?: unknown } | null
+      if (typeof entry?.containerID !== 'string' || typeof entry.ifname !== 'string' || !entry.containerID || !entry.ifname)
+        throw new CniError(
+          Code.InvalidConfig,
+          `GC: "cni.dev/valid-attachments" entry ${i} ${JSON.stringify(a)} is not an object with a string "containerID" and "ifname"`,
+          'the runtime must list every attachment it keeps with both fields; nothing was freed',
+        )
+      return `${entry.containerID}:${entry.ifname}`
+    }),
+  )
   const isValid = (o: Owner | null) => o !== null && valid.has(`${o.containerId}:${o.ifname}`)
 
   const store = new Store(conf.dataDir, conf.name)

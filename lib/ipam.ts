@@ -4,7 +4,8 @@
 //   10.200.1.5                one file per reserved IP, created exclusively (O_EXCL) and holding
 //                             "containerID\r\nifname", like the reference host-local plugin
 //   last_reserved_ip.4        where the round-robin search starts next time (written by rename)
-//   attachments/<cid>:<if>    the attachment's record, created exclusively BEFORE any IP is taken
+//   attachments/<cid>:<if>    the attachment's record, created exclusively BEFORE any IP is taken; a
+//                             container ID too long for a file name is cut, with a hash of the whole ID
 //
 // No lock is needed: the kernel lets exactly one O_EXCL create win. The record is written ahead of every
 // attempt (the candidate IP and the host veth name), so a plugin SIGKILLed at any point leaves a record
@@ -34,6 +35,8 @@ export interface Owner {
 
 /** What an attachment holds: written ahead of every step of ADD, read by DEL, CHECK and GC. */
 export interface AttachmentRecord {
+  containerId?: string // the owner, for GC: a long container ID is not whole in the record's file name
+  ifname?: string
   ips: string[] // reserved or being reserved, one per family
   hostVeth?: string
   pids?: number[] // `ip` processes an ADD started; a DEL waits for any that outlived a killed ADD
@@ -51,8 +54,7 @@ export class Store {
   }
 
   private recordPath(o: Owner): string {
-    // ':' cannot occur in a container ID, so the key is unambiguous.
-    return join(this.attachments, `${o.containerId}:${o.ifname}`)
+    return join(this.attachments, recordName(o))
   }
 
   /**
@@ -126,13 +128,25 @@ export class Store {
     return readOwner(join(this.dir, ip))
   }
 
+  /**
+   * A record that does not parse (a disk error, a hand edit) cannot say what was taken, so the IP files this
+   * owner holds stand in for its list, as host-local finds them by scanning its store.
+   */
   readRecord(owner: Owner): AttachmentRecord | undefined {
+    let text: string
     try {
-      return parseRecord(readFileSync(this.recordPath(owner), 'utf8'))
+      text = readFileSync(this.recordPath(owner), 'utf8')
     } catch (e) {
       if (errno(e) === 'ENOENT') return undefined
       throw ioError(`read ${this.recordPath(owner)}`, e)
     }
+    const record = parseRecord(text)
+    if (record) return record
+    const ips = this.listReserved()
+      .filter((r) => r.owner?.containerId === owner.containerId && r.owner.ifname === owner.ifname)
+      .map((r) => r.ip)
+    log.info(`IPAM: ${this.recordPath(owner)} does not parse; the store holds ${ips.join(', ') || 'no IP'} for it`)
+    return { ...owner, ips }
   }
 
   dropRecord(owner: Owner): void {
@@ -142,11 +156,15 @@ export class Store {
   /** Every attachment on record, for GC. */
   listAttachments(): { owner: Owner; record: AttachmentRecord }[] {
     return listDir(this.attachments).flatMap((key) => {
-      const colon = key.indexOf(':')
+      const colon = key.lastIndexOf(':')
       if (colon < 0) return []
-      const owner = { containerId: key.slice(0, colon), ifname: key.slice(colon + 1) }
-      const record = this.readRecord(owner)
-      return record ? [{ owner, record }] : []
+      const named = { containerId: key.slice(0, colon), ifname: key.slice(colon + 1) }
+      const record = parseRecord(readQuiet(join(this.attachments, key)) ?? '')
+      const owner = record?.containerId && record.ifname ? { containerId: record.containerId, ifname: record.ifname } : named
+      // A cut name with a damaged record names no owner: its IP files still do, and GC frees them by those.
+      if (owner.containerId.includes(HASHED)) return []
+      const found = record ?? this.readRecord(owner)
+      return found ? [{ owner, record: found }] : []
     })
   }
 
@@ -172,13 +190,14 @@ export class Store {
 
 /** One ADD's record, kept open and rewritten before each step, so a kill at any point is recoverable. */
 export class Attachment {
-  private record: AttachmentRecord = { ips: [] }
+  private record: AttachmentRecord
 
   constructor(
     private readonly store: Store,
     readonly owner: Owner,
     private readonly fd: number,
   ) {
+    this.record = { ...owner, ips: [] }
     this.save()
   }
 
@@ -211,12 +230,36 @@ export class Attachment {
   }
 }
 
-function parseRecord(text: string): AttachmentRecord {
+// NAME_MAX on Linux; ':' and '~' cannot occur in a container ID, so neither kind of name is ambiguous.
+const NAME_MAX = 255
+const HASHED = '~'
+
+function recordName(o: Owner): string {
+  const name = `${o.containerId}:${o.ifname}`
+  if (Buffer.byteLength(name) <= NAME_MAX) return name
+  // Loaded only for such IDs: the hash module costs about a millisecond of start-up.
+  const { createHash } = require('node:crypto') as typeof import('node:crypto')
+  const hash = createHash('sha256').update(o.containerId).digest('hex')
+  return `${o.containerId.slice(0, 128)}${HASHED}${hash}:${o.ifname}`
+}
+
+/** undefined when the text is not a record. */
+function parseRecord(text: string): AttachmentRecord | undefined {
+  let r
   try {
-    const r = JSON.parse(text)
-    return { ips: Array.isArray(r.ips) ? r.ips : [], hostVeth: r.hostVeth, pids: r.pids }
+    r = JSON.parse(text)
   } catch {
-    return { ips: [] } // killed before the first write: nothing was taken yet
+    return undefined
+  }
+  if (typeof r !== 'object' || r === null || !Array.isArray(r.ips)) return undefined
+  return { containerId: r.containerId, ifname: r.ifname, ips: r.ips, hostVeth: r.hostVeth, pids: r.pids }
+}
+
+function readQuiet(path: string): string | undefined {
+  try {
+    return readFileSync(path, 'utf8')
+  } catch {
+    return undefined
   }
 }
 

@@ -128,7 +128,7 @@ test('the record is written ahead: it names each candidate before that IP file e
   a.setHostVeth('veth00000000')
   a.close()
   assert.equal(tried, ['10.200.1.3'])
-  assert.equal(store.readRecord(who('a')), { ips: ['10.200.1.4'], hostVeth: 'veth00000000', pids: undefined })
+  assert.equal(store.readRecord(who('a')), { containerId: 'a', ifname: 'eth0', ips: ['10.200.1.4'], hostVeth: 'veth00000000', pids: undefined })
 })
 
 test('an empty IP file (creator killed between create and write) can be freed by the record holder', () => {
@@ -137,6 +137,38 @@ test('an empty IP file (creator killed between create and write) can be freed by
   writeFileSync(join(dir, 'net', '10.200.1.9'), '')
   assert.is(store.ownerOf('10.200.1.9'), null)
   assert.ok(store.free('10.200.1.9', who('a')))
+})
+
+test('a record that does not parse stands for the IP files its owner holds, and only those', () => {
+  const conf = confFor('10.200.1.0/24')
+  const store = new Store(dir, 'net')
+  const mine = take(store, conf, 'a')
+  take(store, conf, 'b')
+  const other = store.open({ containerId: 'a', ifname: 'net1' })
+  other.reserve(conf.pools[0])
+  other.close()
+  writeFileSync(join(dir, 'net', 'attachments', 'a:eth0'), '{"ips":["10.200.1.2"')
+  assert.equal(store.readRecord(who('a')), { containerId: 'a', ifname: 'eth0', ips: [mine] })
+  assert.equal(store.listAttachments().map((a) => `${a.owner.containerId}/${a.owner.ifname} ${a.record.ips}`).sort(), [
+    `a/eth0 ${mine}`,
+    'a/net1 10.200.1.4',
+    'b/eth0 10.200.1.3',
+  ])
+})
+
+test('a container ID longer than a file name allows gets a record, and GC learns its owner from it', () => {
+  const conf = confFor('10.200.1.0/24')
+  const store = new Store(dir, 'net')
+  const long = 'f'.repeat(300)
+  const longer = `${long}0`
+  const ip = take(store, conf, long)
+  assert.is(take(store, conf, longer), '10.200.1.3', 'the cut names of two long IDs differ')
+  assert.equal(store.readRecord(who(long))?.ips, [ip])
+  for (const name of readdirSync(join(dir, 'net', 'attachments'))) assert.ok(name.length <= 255, name)
+  assert.equal(store.listAttachments().map((a) => a.owner.containerId.length).sort(), [300, 301])
+  assert.ok(store.free(ip, who(long)))
+  store.dropRecord(who(long))
+  assert.is(store.readRecord(who(long)), undefined)
 })
 
 test('50 processes allocating at once get 50 distinct IPs', async () => {
