@@ -1,13 +1,18 @@
-// Once per node, on the first ADD: IP forwarding, the FORWARD accept rules, the masquerade for traffic that
-// leaves the cluster, and the bridge. The bash tutorial did all of this by hand.
+// The node state every pod relies on: IP forwarding, the FORWARD accept rules, the masquerade for traffic that
+// leaves the cluster, and the bridge. The bash tutorial set all of it up by hand, once.
 //
-// When it is done, a marker file goes into the state dir (tmpfs: a reboot clears it with everything else), so
-// every later ADD costs two stats here: the marker, and the bridge in /proc/sys/net. A bridge that existed
-// before kube-cni (the bash tutorial's, made by hand) still gets the node rules once, and a bridge deleted
-// by someone is made again. Concurrent first ADDs serialise on an flock held by a child `flock` process; the
-// kernel drops it when that child's stdin pipe closes, which happens when we exit, even by SIGKILL, so the
-// lock cannot outlive its holder, and `-w` bounds the wait so it cannot deadlock.
-import { existsSync, mkdirSync, writeFileSync } from 'node:fs'
+// Once is not enough: a firewall reload (`iptables -t nat -F`, firewalld) or a sysctl reset breaks every later
+// pod, and a changed `subnet` or `ipMasq` must take effect. So every ADD verifies, cheaply, and repairs what is
+// missing, as the reference bridge plugin re-applies its rules on every ADD, but without its ten execs:
+// - a marker file `<dataDir>/<name>/node-ready` holds the config the node was set up for (one read; the state dir
+//   is tmpfs, so a reboot clears it with everything else);
+// - the bridge and the sysctls are reads under /proc/sys/net, which reflects the netns of the reader;
+// - the rules are one `iptables-restore --noflush` per family whose every line is a `-C` check: it changes
+//   nothing and fails when a rule or chain is gone.
+// The repair runs under an flock held by a child `flock` process; the kernel drops it when that child's stdin
+// pipe closes, which happens when we exit, even by SIGKILL, so the lock cannot outlive its holder, and `-w`
+// bounds the wait so it cannot deadlock.
+import { mkdirSync, readFileSync, writeFileSync } from 'node:fs'
 import { join } from 'node:path'
 import { spawn } from 'node:child_process'
 import { CniError, Code } from './cni.ts'
@@ -21,68 +26,105 @@ export const MASQ_CHAIN = 'KUBE-CNI-MASQ'
 const LOCK_WAIT_SECONDS = 30
 
 export async function ensureNode(conf: NetConf): Promise<void> {
-  const marker = join(conf.dataDir, conf.name, `node-ready.${conf.bridge}`)
-  const ready = () => existsSync(marker) && linkExists(conf.bridge)
-  if (ready()) return
+  const marker = join(conf.dataDir, conf.name, 'node-ready')
+  const wanted = setupFor(conf)
+  const inPlace = async () => readText(marker) === wanted && linkExists(conf.bridge) && forwardingOn(conf) && (await rulesInPlace(conf))
+  if (await inPlace()) return
   await withLock(join(conf.dataDir, 'node.lock'), async () => {
-    if (ready()) return // another ADD finished the setup while we waited
+    if (await inPlace()) return // another ADD repaired it while we waited
     enableForwarding(conf.pools)
     for (const pool of conf.pools) await ensureRules(pool, conf.ipMasq)
     if (!linkExists(conf.bridge)) await createBridge(conf)
     mkdirSync(join(marker, '..'), { recursive: true, mode: 0o700 })
-    writeFileSync(marker, `${new Date().toISOString()}\n`)
+    writeFileSync(marker, wanted)
   })
 }
 
+/** What the node was set up for: a change in any of it is applied by the next ADD. */
+export function setupFor(conf: NetConf): string {
+  const pools = conf.pools.map((p) => ({ subnet: formatCidr(p.subnet), network: formatCidr(p.network) }))
+  return `${JSON.stringify({ bridge: conf.bridge, ipMasq: conf.ipMasq, pools })}\n`
+}
+
+function readText(path: string): string | undefined {
+  try {
+    return readFileSync(path, 'utf8')
+  } catch {
+    return undefined
+  }
+}
+
+/** Per netns, like every /proc/sys/net knob. */
+const forwardingKnob = (pool: Pool) => (pool.family === 4 ? '/proc/sys/net/ipv4/ip_forward' : '/proc/sys/net/ipv6/conf/all/forwarding')
+
+function forwardingOn(conf: NetConf): boolean {
+  return conf.pools.every((pool) => readText(forwardingKnob(pool))?.trim() === '1')
+}
+
 function enableForwarding(pools: Pool[]): void {
-  for (const pool of pools) {
-    // Per netns, like every /proc/sys/net knob. Enabling IPv6 forwarding makes the kernel ignore router
-    // advertisements on interfaces with accept_ra=1: a node whose uplink is configured by RA needs accept_ra=2.
-    const knob = pool.family === 4 ? '/proc/sys/net/ipv4/ip_forward' : '/proc/sys/net/ipv6/conf/all/forwarding'
+  // Enabling IPv6 forwarding makes the kernel ignore router advertisements on interfaces with accept_ra=1: a
+  // node whose uplink is configured by RA needs accept_ra=2.
+  for (const knob of pools.map(forwardingKnob)) {
     explainSteps([{ line: `sysctl -w ${knob.slice(10).replaceAll('/', '.')}=1`, why: 'bash: done by hand on each node' }])
     writeFileSync(knob, '1')
   }
 }
 
-/**
- * The rules, for one family. Our own chains are rewritten whole by iptables-restore (declaring a chain
- * flushes it), so a rerun leaves exactly one copy; the jumps into the built-in chains use -C before -A.
- */
-export function rulesFor(pool: Pool): { restore: string; jumps: { table: string; rule: string[] }[] } {
+interface Chain {
+  table: 'filter' | 'nat'
+  name: string
+  rules: string[]
+  jump: string // the rule in a built-in chain that sends traffic to this one
+}
+
+/** The chains of one family. */
+export function chainsFor(pool: Pool, ipMasq: boolean): Chain[] {
   const network = formatCidr(pool.network)
   const multicast = pool.family === 4 ? '224.0.0.0/4' : 'ff00::/8'
-  const restore = [
-    '*filter',
-    `:${FORWARD_CHAIN} - [0:0]`,
-    `-A ${FORWARD_CHAIN} -s ${network} -j ACCEPT`,
-    `-A ${FORWARD_CHAIN} -d ${network} -j ACCEPT`,
-    'COMMIT',
-    '*nat',
-    `:${MASQ_CHAIN} - [0:0]`,
-    `-A ${MASQ_CHAIN} -d ${network} -j RETURN`,
-    `-A ${MASQ_CHAIN} -d ${multicast} -j RETURN`,
-    `-A ${MASQ_CHAIN} -j MASQUERADE`,
-    'COMMIT',
-    '',
-  ].join('\n')
-  return {
-    restore,
-    jumps: [
-      { table: 'filter', rule: ['FORWARD', '-j', FORWARD_CHAIN] },
-      { table: 'nat', rule: ['POSTROUTING', '-s', formatCidr(pool.subnet), '-j', MASQ_CHAIN] },
-    ],
+  const forward: Chain = { table: 'filter', name: FORWARD_CHAIN, rules: [`-s ${network} -j ACCEPT`, `-d ${network} -j ACCEPT`], jump: `FORWARD -j ${FORWARD_CHAIN}` }
+  const masq: Chain = {
+    table: 'nat',
+    name: MASQ_CHAIN,
+    rules: [`-d ${network} -j RETURN`, `-d ${multicast} -j RETURN`, '-j MASQUERADE'],
+    jump: `POSTROUTING -s ${formatCidr(pool.subnet)} -j ${MASQ_CHAIN}`,
   }
+  return ipMasq ? [forward, masq] : [forward]
+}
+
+/**
+ * iptables-restore input: `rewrite` declares each chain (which flushes it) and fills it, so a rerun leaves
+ * exactly one copy; `check` has only `-C` lines, for the jumps too, and changes nothing.
+ */
+export function restoreInput(chains: Chain[], mode: 'rewrite' | 'check'): string {
+  const lines = chains.flatMap((c) => [
+    `*${c.table}`,
+    ...(mode === 'rewrite' ? [`:${c.name} - [0:0]`, ...c.rules.map((r) => `-A ${c.name} ${r}`)] : [`-C ${c.jump}`, ...c.rules.map((r) => `-C ${c.name} ${r}`)]),
+    'COMMIT',
+  ])
+  return `${lines.join('\n')}\n`
+}
+
+const iptablesOf = (pool: Pool) => (pool.family === 4 ? 'iptables' : 'ip6tables')
+
+async function rulesInPlace(conf: NetConf): Promise<boolean> {
+  for (const pool of conf.pools) {
+    const r = await run([`${iptablesOf(pool)}-restore`, '-w', '--noflush'], restoreInput(chainsFor(pool, conf.ipMasq), 'check')).catch(() => undefined)
+    if (r?.code !== 0) return false
+  }
+  return true
 }
 
 async function ensureRules(pool: Pool, ipMasq: boolean): Promise<void> {
-  const tool = pool.family === 4 ? 'iptables' : 'ip6tables'
-  const { restore, jumps } = rulesFor(pool)
+  const tool = iptablesOf(pool)
+  const chains = chainsFor(pool, ipMasq)
+  const restore = restoreInput(chains, 'rewrite')
   explainSteps([{ line: `${tool}-restore -w --noflush <<'EOF'\n${restore}EOF`, why: "bash: iptables -A FORWARD ...; the bash masquerade '! -o cni0' NATed pod-to-pod traffic too" }])
   await iptables([`${tool}-restore`, '-w', '--noflush'], restore)
-  for (const { table, rule } of jumps.filter((j) => ipMasq || j.table !== 'nat')) {
+  for (const { table, jump } of chains) {
+    const rule = jump.split(' ')
     const check = await run([tool, '-w', '-t', table, '-C', ...rule])
     if (check.code === 0) continue
-    explainSteps([{ line: `${tool} -w -t ${table} -A ${rule.join(' ')}` }])
+    explainSteps([{ line: `${tool} -w -t ${table} -A ${jump}` }])
     await iptables([tool, '-w', '-t', table, '-A', ...rule])
   }
 }

@@ -1,0 +1,78 @@
+// Node setup that heals: every ADD verifies forwarding, the bridge and this config's rules, and repairs what
+// a firewall reload, a sysctl reset or a config change left wrong. Proved by what a server outside the cluster
+// sees: the node's IP when the masquerade works, nothing when forwarding or NAT is broken.
+import { test } from 'uvu'
+import * as assert from 'uvu/assert'
+import { probe, startEchoServers } from '../../lib/lab.ts'
+import { cleanupAll, must, sh } from '../helpers/cluster.ts'
+import { podIP, twoNodes } from '../helpers/topology.ts'
+
+test.after.each(cleanupAll)
+
+/** Node b's InternalIP is outside the cluster `network`: a pod on a reaches it only through a's masquerade. */
+const OUTSIDE = '192.0.2.2'
+const seenBy = async (pod: string) => (await probe(pod, [OUTSIDE]))[OUTSIDE]
+const nsExec = (ns: string, ...argv: string[]) => must(['ip', 'netns', 'exec', ns, ...argv])
+
+test('a firewall reload and a sysctl reset are repaired by the next ADD', async () => {
+  const { a, b } = twoNodes()
+  await startEchoServers([b.node.ns])
+  const first = await a.node.addPod('p1')
+  assert.is(await seenBy(first.pod), '192.0.2.1', 'masqueraded to node a')
+
+  nsExec(a.node.ns, 'iptables', '-t', 'nat', '-F')
+  nsExec(a.node.ns, 'sysctl', '-qw', 'net.ipv4.ip_forward=0')
+  assert.is(await seenBy(first.pod), null, 'broken, as after a firewall reload')
+
+  const second = await a.node.addPod('p2')
+  assert.is(nsExec(a.node.ns, 'sysctl', '-n', 'net.ipv4.ip_forward').trim(), '1')
+  assert.is(await seenBy(first.pod), '192.0.2.1', 'the pod from before the reload works again')
+  assert.is(await seenBy(second.pod), '192.0.2.1')
+})
+
+test('a deleted FORWARD jump comes back, once', async () => {
+  const { a } = twoNodes()
+  await a.node.addPod('p1')
+  const jumps = () => nsExec(a.node.ns, 'iptables', '-S', 'FORWARD').split('\n').filter((l) => / -j KUBE-CNI-FORWARD/.test(l))
+  const [jump] = jumps()
+  nsExec(a.node.ns, 'iptables', ...jump.replace('-A', '-D').split(' '))
+  assert.equal(jumps(), [])
+  await a.node.addPod('p2')
+  await a.node.addPod('p3')
+  assert.equal(jumps(), [jump])
+})
+
+test('a changed subnet is applied by the next ADD', async () => {
+  const { a, b } = twoNodes()
+  await startEchoServers([b.node.ns])
+  await a.node.addPod('p1')
+  a.node.conf = { ...a.node.conf, subnet: '10.200.3.0/24' }
+  const moved = await a.node.addPod('p2')
+  assert.ok(podIP(moved.result).startsWith('10.200.3.'), podIP(moved.result))
+  assert.is(await seenBy(moved.pod), '192.0.2.1', 'the new subnet is masqueraded too')
+})
+
+test('"ipMasq" turned on is applied by the next ADD', async () => {
+  const { a, b } = twoNodes({ conf: { ipMasq: false } })
+  await startEchoServers([b.node.ns])
+  const before = await a.node.addPod('p1')
+  assert.is(await seenBy(before.pod), null, 'no masquerade, and node b has no route back to the pods')
+  a.node.conf = { ...a.node.conf, ipMasq: true }
+  const after = await a.node.addPod('p2')
+  assert.is(await seenBy(after.pod), '192.0.2.1')
+  assert.is(await seenBy(before.pod), '192.0.2.1')
+})
+
+test('concurrent ADDs after a firewall reload leave one copy of each rule', async () => {
+  const { a } = twoNodes()
+  await a.node.addPod('p0')
+  nsExec(a.node.ns, 'iptables', '-F')
+  nsExec(a.node.ns, 'iptables', '-t', 'nat', '-F')
+  await Promise.all([1, 2, 3, 4, 5, 6].map((i) => a.node.addPod(`p${i}`)))
+  const rules = sh(['ip', 'netns', 'exec', a.node.ns, 'iptables-save']).stdout.split('\n').filter((l) => l.startsWith('-A'))
+  assert.is(new Set(rules).size, rules.length, rules.join('\n'))
+  assert.is(rules.filter((l) => l.startsWith('-A FORWARD')).length, 1, rules.join('\n'))
+  assert.is(rules.filter((l) => l.startsWith('-A POSTROUTING')).length, 1, rules.join('\n'))
+})
+
+test.run()
