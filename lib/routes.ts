@@ -13,10 +13,14 @@
 // The VTEP scheme needs no annotations: every node derives its VTEP address and MAC from its podCIDR alone
 // (the subnet's network address, e.g. 10.200.2.0, and 0a:58 + those four bytes), so each node can compute
 // every peer's from the NodeList.
+import { existsSync, readFileSync } from 'node:fs'
+import { join } from 'node:path'
 import { parseArgs } from 'node:util'
+import { CONFLIST_NAME } from './conflist.ts'
 import { type Step, explain, explainSteps, run } from './exec.ts'
-import { type Cidr, type Family, containsAddress, formatAddress, formatCidr, macFromAddress, parseAddress, parseCidr } from './ip.ts'
+import { type Cidr, type Family, contains, containsAddress, formatAddress, formatCidr, macFromAddress, parseAddress, parseCidr } from './ip.ts'
 import { type NodeList, internalIPs, podCIDRs } from './kube.ts'
+import { parseNetConf } from './netconf.ts'
 
 export const ROUTE_PROTO = 211
 export const VXLAN_DEV = 'kube-cni.1'
@@ -36,10 +40,17 @@ export interface LocalAddress {
 }
 
 export interface DesiredRoute {
+  node: string // the peer it leads to
   family: Family
   dst: string // canonical CIDR, as `ip -j route` prints it
   via: string
   dev?: string // set for vxlan: the route goes through the overlay device, `onlink`
+}
+
+/** A peer, or a part of one, left out of the plan: one line per Node in the log. */
+export interface Skip {
+  node: string
+  reason: string
 }
 
 export interface Plan {
@@ -52,18 +63,49 @@ export interface Plan {
     neighbours: { address: string; mac: string }[]
     fdb: { mac: string; dst: string }[]
   }
-  skipped: string[] // peers left out, and why
+  skipped: Skip[]
 }
 
-/** The routing this node should have, from the NodeList alone. Pure: no I/O. */
-export function planRoutes(nodes: NodeList, self: string, backend: Backend, local: LocalAddress[]): Plan {
+/** Ranges a pod range can never be: a route there would hijack traffic the node itself depends on. */
+const RESERVED = [
+  ['127.0.0.0/8', 'loopback'],
+  ['::1/128', 'loopback'],
+  ['224.0.0.0/4', 'multicast'],
+  ['ff00::/8', 'multicast'],
+  ['169.254.0.0/16', 'link-local'],
+  ['fe80::/10', 'link-local'],
+].map(([range, what]) => ({ cidr: parseCidr(range)!, what }))
+
+const overlaps = (a: Cidr, b: Cidr) => a.family === b.family && a.network <= b.last && b.network <= a.last
+
+/** Why a peer's podCIDR must not become a route here, or undefined when it may. */
+function cidrProblem(c: Cidr, own: Cidr[], networks: Cidr[] | undefined, local: LocalAddress[]): string | undefined {
+  const text = formatCidr(c)
+  if (c.prefix === 0) return `podCIDR ${text} is a default route`
+  const reserved = RESERVED.find((r) => overlaps(r.cidr, c))
+  if (reserved) return `podCIDR ${text} overlaps the ${reserved.what} range ${formatCidr(reserved.cidr)}`
+  if (networks && !networks.some((n) => contains(n, c)))
+    return `podCIDR ${text} is outside the cluster network ${networks.map(formatCidr).join(', ')}`
+  const mine = own.find((o) => overlaps(o, c))
+  if (mine) return `podCIDR ${text} ${formatCidr(mine) === text ? 'is' : 'overlaps'} this node's own podCIDR ${formatCidr(mine)}`
+  const connected = local.find((l) => overlaps(subnetOf(l), c))
+  if (connected) return `podCIDR ${text} overlaps ${formatCidr(subnetOf(connected))}, a network connected on ${connected.ifname}`
+  return undefined
+}
+
+/**
+ * The routing this node should have, from the NodeList alone. Pure: no I/O. `networks` is the cluster's pod
+ * range (undefined when unknown); a peer's podCIDR outside it, or one that would shadow a route this node
+ * needs, is skipped with the reason.
+ */
+export function planRoutes(nodes: NodeList, self: string, backend: Backend, local: LocalAddress[], networks?: Cidr[]): Plan {
   const me = nodes.items.find((n) => n.metadata?.name === self)
   if (!me) throw new Error(`node ${self} is not in the NodeList: pass the name Kubernetes knows it by with --node`)
   const plan: Plan = { routes: [], skipped: [] }
   const myIPs = internalIPs(me).flatMap((t) => parseAddress(t) ?? [])
+  const myCidrs = podCIDRs(me).flatMap((t) => parseCidr(t) ?? [])
 
   if (backend === 'vxlan') {
-    const myCidrs = podCIDRs(me).flatMap((t) => parseCidr(t) ?? [])
     const underlay = myIPs.find((a) => a.family === 4) ?? myIPs[0]
     if (!underlay) throw new Error(`node ${self} has no InternalIP: vxlan needs one for the tunnel's local end`)
     if (!myCidrs.length) throw new Error(`node ${self} has no podCIDR`)
@@ -82,39 +124,43 @@ export function planRoutes(nodes: NodeList, self: string, backend: Backend, loca
   for (const peer of nodes.items) {
     const name = peer.metadata?.name
     if (!name || name === self) continue
-    const cidrs = podCIDRs(peer).flatMap((t) => parseCidr(t) ?? [])
-    if (!cidrs.length) {
-      plan.skipped.push(`${name}: no podCIDR yet`)
-      continue
-    }
+    const problems: string[] = []
+    const all = podCIDRs(peer).flatMap((t) => parseCidr(t) ?? [])
+    const cidrs = all.filter((c) => {
+      const problem = cidrProblem(c, myCidrs, networks, local)
+      if (problem) problems.push(problem)
+      return !problem
+    })
+    if (!all.length) problems.push('no podCIDR yet')
     const ips = internalIPs(peer).flatMap((t) => parseAddress(t) ?? [])
-    if (plan.vxlan) {
+    if (plan.vxlan && cidrs.length) {
       const underlayFamily = parseAddress(plan.vxlan.local)!.family
       const dst = ips.find((a) => a.family === underlayFamily)
-      if (!dst) {
-        plan.skipped.push(`${name}: no IPv${underlayFamily} InternalIP to tunnel to`)
-        continue
+      if (!dst) problems.push(`no IPv${underlayFamily} InternalIP to tunnel to`)
+      else {
+        // The peer derives its VTEP MAC from all its podCIDRs, so this side must too.
+        const mac = vtepMac(all)
+        plan.vxlan.fdb.push({ mac, dst: formatAddress(dst.family, dst.value) })
+        for (const c of cidrs) {
+          const vtep = formatAddress(c.family, c.network)
+          plan.vxlan.neighbours.push({ address: vtep, mac })
+          plan.routes.push({ node: name, family: c.family, dst: formatCidr(c), via: vtep, dev: VXLAN_DEV })
+        }
       }
-      const mac = vtepMac(cidrs)
-      plan.vxlan.fdb.push({ mac, dst: formatAddress(dst.family, dst.value) })
+    }
+    if (!plan.vxlan)
       for (const c of cidrs) {
-        const vtep = formatAddress(c.family, c.network)
-        plan.vxlan.neighbours.push({ address: vtep, mac })
-        plan.routes.push({ family: c.family, dst: formatCidr(c), via: vtep, dev: VXLAN_DEV })
+        const gw = ips.find((a) => a.family === c.family)
+        if (!gw) {
+          problems.push(`no IPv${c.family} InternalIP for ${formatCidr(c)}`)
+          continue
+        }
+        const connected = local.some((l) => containsAddress(subnetOf(l), gw.family, gw.value))
+        const via = formatAddress(gw.family, gw.value)
+        if (!connected) problems.push(`${via} is not on a directly connected network; host-gw cannot reach it, use --backend vxlan`)
+        else plan.routes.push({ node: name, family: c.family, dst: formatCidr(c), via })
       }
-      continue
-    }
-    for (const c of cidrs) {
-      const gw = ips.find((a) => a.family === c.family)
-      if (!gw) {
-        plan.skipped.push(`${name}: no IPv${c.family} InternalIP for ${formatCidr(c)}`)
-        continue
-      }
-      const connected = local.some((l) => containsAddress(subnetOf(l), gw.family, gw.value))
-      const via = formatAddress(gw.family, gw.value)
-      if (!connected) plan.skipped.push(`${name}: ${via} is not on a directly connected network; host-gw cannot reach it, use --backend vxlan`)
-      else plan.routes.push({ family: c.family, dst: formatCidr(c), via })
-    }
+    if (problems.length) plan.skipped.push({ node: name, reason: problems.join('; ') })
   }
   return plan
 }
@@ -247,12 +293,12 @@ export function diff(plan: Plan, current: Current): { ip: Step[]; bridge: Step[]
 
 export interface ReconcileReport {
   changes: string[] // the shell lines that ran (or, with dryRun, would run)
-  skipped: string[]
+  skipped: Skip[]
 }
 
-export async function reconcile(nodes: NodeList, self: string, backend: Backend, dryRun = false): Promise<ReconcileReport> {
+export async function reconcile(nodes: NodeList, self: string, backend: Backend, networks: Cidr[] | undefined, dryRun = false): Promise<ReconcileReport> {
   const current = await readCurrent()
-  const plan = planRoutes(nodes, self, backend, current.local)
+  const plan = planRoutes(nodes, self, backend, current.local, networks)
   const { ip, bridge } = diff(plan, current)
   const changes = [...ip.map((s) => `ip ${s.line}`), ...bridge.map((s) => `bridge ${s.line}`)]
   if (!dryRun) {
@@ -271,16 +317,48 @@ async function batch(tool: string, steps: Step[]): Promise<void> {
 
 // ---- the command ---------------------------------------------------------------------------------------
 
-export const ROUTES_USAGE = `kube-cni routes --node NAME [--nodes-json FILE|- | --kubectl PATH] [--backend host-gw|vxlan]
-                [--watch SECONDS] [--dry-run] [--explain]
+/** The node's conflist, where `kube-cni routes` finds the cluster network when --network is not given. */
+export const NODE_CONFLIST = join('/etc/cni/net.d', CONFLIST_NAME)
+
+export const ROUTES_USAGE = `kube-cni routes --node NAME [--network CIDR[,CIDR]] [--nodes-json FILE|- | --kubectl PATH]
+                [--backend host-gw|vxlan] [--watch SECONDS] [--dry-run] [--explain]
   Makes this netns's routes to every other node's podCIDR match a Kubernetes NodeList.
-  Nodes come from FILE (- for stdin), from \`kubectl get nodes -o json\`, or, inside a pod, from the API.`
+  Nodes come from FILE (- for stdin), from \`kubectl get nodes -o json\`, or, inside a pod, from the API.
+  Only podCIDRs inside the cluster network become routes: --network, or else the one in ${NODE_CONFLIST}.`
+
+/** The cluster's pod ranges from the text of a kube-cni conflist, validated as the plugin validates them. */
+export function networksFromConflist(text: string, source: string): Cidr[] {
+  try {
+    const list = JSON.parse(text)
+    const conf = (Array.isArray(list?.plugins) ? list.plugins : []).find((p: any) => p?.type === 'kube-cni')
+    if (!conf) throw new Error('it has no plugin of type kube-cni')
+    return parseNetConf(JSON.stringify({ cniVersion: list.cniVersion, name: list.name, ...conf })).pools.map((p) => p.network)
+  } catch (e) {
+    throw new Error(`${source}: ${(e as Error).message}; pass the cluster network with --network CIDR[,CIDR]`)
+  }
+}
+
+function parseNetworks(text: string): Cidr[] {
+  const cidrs = text.split(',').map((t) => t.trim())
+  const bad = cidrs.find((t) => !parseCidr(t))
+  if (bad !== undefined) throw new Error(`--network takes CIDR[,CIDR], the cluster's pod ranges; ${JSON.stringify(bad)} is not a CIDR`)
+  return cidrs.map((t) => parseCidr(t)!)
+}
+
+/** --network, else the node's conflist; undefined (and a warning) when neither is there. */
+function clusterNetworks(flag: string | undefined): Cidr[] | undefined {
+  if (flag !== undefined) return parseNetworks(flag)
+  if (existsSync(NODE_CONFLIST)) return networksFromConflist(readFileSync(NODE_CONFLIST, 'utf8'), NODE_CONFLIST)
+  process.stderr.write(`kube-cni routes: the cluster network is unknown (no --network, no ${NODE_CONFLIST}): podCIDRs are not checked against it\n`)
+  return undefined
+}
 
 export async function routesCommand(argv: string[]): Promise<number> {
   const { values: o } = parseArgs({
     args: argv,
     options: {
       node: { type: 'string' },
+      network: { type: 'string' },
       'nodes-json': { type: 'string' },
       kubectl: { type: 'string' },
       backend: { type: 'string', default: 'host-gw' },
@@ -296,6 +374,7 @@ export async function routesCommand(argv: string[]): Promise<number> {
   if (o.explain) explain.enabled = true
   const watch = o.watch === undefined ? 0 : Number(o.watch)
   if (!(watch >= 0)) throw new Error(`--watch takes a number of seconds, not ${o.watch}`)
+  const networks = clusterNetworks(o.network)
   const kube = await import('./kube.ts')
   const readNodes = () =>
     o['nodes-json'] !== undefined
@@ -303,8 +382,8 @@ export async function routesCommand(argv: string[]): Promise<number> {
       : kube.readNodeList({ kubectl: o.kubectl })
   for (;;) {
     try {
-      const report = await reconcile(await readNodes(), o.node, o.backend, o['dry-run'])
-      for (const s of report.skipped) process.stderr.write(`kube-cni routes: skipped ${s}\n`)
+      const report = await reconcile(await readNodes(), o.node, o.backend, networks, o['dry-run'])
+      for (const s of report.skipped) process.stderr.write(`kube-cni routes: skipped ${s.node}: ${s.reason}\n`)
       if (o['dry-run']) for (const c of report.changes) process.stdout.write(`${c}\n`)
       else process.stderr.write(`kube-cni routes: ${report.changes.length ? `${report.changes.length} changes` : 'no changes'}\n`)
     } catch (e) {

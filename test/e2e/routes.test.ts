@@ -11,6 +11,8 @@ import { nodeList, podIP, routes, twoNodes } from '../helpers/topology.ts'
 test.after.each(cleanupAll)
 
 const kubeRoutes = (ns: string) => ipj(ns, 'route', 'show', 'proto', '211')
+/** Every route of the main table that kube-cni did not make. */
+const otherRoutes = (ns: string) => ipj(ns, 'route', 'show').filter((r: any) => r.protocol !== '211')
 
 test('host-gw: pods on two nodes of one L2 segment reach each other with their own IPs', async () => {
   const { a, b, nodesJson } = twoNodes()
@@ -82,6 +84,31 @@ test('reconcile: a wrong gateway is fixed, a stale route removed, a foreign rout
   assert.ok(again.stderr.includes('no changes'), `a second run changed something: ${routes(a, nodesJson, '--backend', 'vxlan', '--dry-run').stdout}`)
   assert.is(managed(), before)
   assert.is(routes(a, nodesJson, '--backend', 'vxlan', '--dry-run').stdout, '', 'nothing left to do')
+})
+
+test('a podCIDR of 0.0.0.0/0, this node\'s own, or outside the cluster network is skipped: the default and cni0 routes stay', async () => {
+  const { a, b, nodesJson } = twoNodes()
+  await a.node.addPod('pa')
+  must(['ip', '-n', a.node.ns, 'route', 'add', 'default', 'via', '192.0.2.254'])
+  const before = otherRoutes(a.node.ns)
+  assert.ok(before.some((r: any) => r.dst === 'default' && r.gateway === '192.0.2.254'), JSON.stringify(before))
+  assert.ok(before.some((r: any) => r.dst === '10.200.1.0/24' && r.dev === 'cni0'), JSON.stringify(before))
+  const hostile = [
+    { name: 'node-evil', ips: ['192.0.2.3'], subnets: ['0.0.0.0/0'] },
+    { name: 'node-twin', ips: ['192.0.2.4'], subnets: ['10.200.1.0/24'] },
+    { name: 'node-far', ips: ['192.0.2.5'], subnets: ['10.99.0.0/24'] },
+  ]
+  writeFileSync(nodesJson, JSON.stringify(nodeList([a, b, ...hostile])))
+  const r = routes(a, nodesJson)
+  assert.equal(otherRoutes(a.node.ns), before)
+  assert.equal(kubeRoutes(a.node.ns), [{ dst: '10.200.2.0/24', gateway: '192.0.2.2', dev: 'eth0', flags: [] }])
+  assert.match(r.stderr, /skipped node-evil: podCIDR 0\.0\.0\.0\/0 is a default route\n/)
+  assert.match(r.stderr, /skipped node-twin: podCIDR 10\.200\.1\.0\/24 is this node's own podCIDR/)
+  assert.match(r.stderr, /skipped node-far: podCIDR 10\.99\.0\.0\/24 is outside the cluster network 10\.200\.0\.0\/16/)
+  // The hostile Nodes go away: nothing of the node's own routing goes with them.
+  writeFileSync(nodesJson, JSON.stringify(nodeList([a, b])))
+  routes(a, nodesJson)
+  assert.equal(otherRoutes(a.node.ns), before)
 })
 
 test('a node that left the NodeList loses its route', async () => {

@@ -76,9 +76,15 @@ export function nodeList(members: { name: string; ips: string[]; subnets: string
   }
 }
 
-/** `kube-cni routes` on a member's node; the test fails if it does. */
+/** `kube-cni routes` on a member's node, told the cluster network as the DaemonSet does. */
+export function tryRoutes(m: Member, nodesJson: string, ...extra: string[]) {
+  const network = (m.node.conf.networks as string[] | undefined)?.join(',') ?? String(m.node.conf.network)
+  return kubeCni(m.node.ns, ['routes', '--node', m.name, '--network', network, '--nodes-json', nodesJson, ...extra])
+}
+
+/** tryRoutes, and the test fails if it does. */
 export function routes(m: Member, nodesJson: string, ...extra: string[]) {
-  const r = kubeCni(m.node.ns, ['routes', '--node', m.name, '--nodes-json', nodesJson, ...extra])
+  const r = tryRoutes(m, nodesJson, ...extra)
   assert.is(r.code, 0, r.stderr)
   return r
 }

@@ -1,0 +1,93 @@
+// The pure half of `kube-cni routes`: which peers' podCIDRs may become routes, and why the others are skipped.
+import { test } from 'uvu'
+import * as assert from 'uvu/assert'
+import { renderConflist } from '../../lib/conflist.ts'
+import { type Family, formatCidr, parseAddress, parseCidr } from '../../lib/ip.ts'
+import { type LocalAddress, type Plan, networksFromConflist, planRoutes } from '../../lib/routes.ts'
+
+const peer = (name: string, subnets: string[], ips: string[]) => ({
+  metadata: { name },
+  spec: { podCIDRs: subnets },
+  status: { addresses: ips.map((address) => ({ type: 'InternalIP', address })) },
+})
+const SELF = peer('node-a', ['10.200.1.0/24', 'fd00:200:0:1::/64'], ['192.0.2.1', '2001:db8:a::1'])
+const NETWORKS = ['10.200.0.0/16', 'fd00:200::/56'].map((t) => parseCidr(t)!)
+
+function address(ifname: string, cidr: string): LocalAddress {
+  const [text, prefix] = cidr.split('/')
+  const a = parseAddress(text)!
+  return { ifname, mtu: 1500, family: a.family as Family, value: a.value, prefix: Number(prefix) }
+}
+const LOCAL = [address('eth0', '192.0.2.1/24'), address('eth0', '2001:db8:a::1/64'), address('cni0', '10.200.1.1/24')]
+
+const plan = (peers: object[], local = LOCAL, networks: typeof NETWORKS | null = NETWORKS, backend: 'host-gw' | 'vxlan' = 'host-gw'): Plan =>
+  planRoutes({ items: [SELF, ...peers] } as any, 'node-a', backend, local, networks ?? undefined)
+const dsts = (p: Plan) => p.routes.map((r) => `${r.node} ${r.dst} via ${r.via}`)
+const reasons = (p: Plan) => Object.fromEntries(p.skipped.map((s) => [s.node, s.reason]))
+
+test('a peer inside the cluster network on a connected network gets its route, per family', () => {
+  const p = plan([peer('node-b', ['10.200.2.0/24', 'fd00:200:0:2::/64'], ['192.0.2.2', '2001:db8:a::2'])])
+  assert.equal(dsts(p), ['node-b 10.200.2.0/24 via 192.0.2.2', 'node-b fd00:200:0:2::/64 via 2001:db8:a::2'])
+  assert.equal(p.skipped, [])
+})
+
+test('podCIDRs that would hijack the node\'s own traffic are skipped, each with its reason', () => {
+  const cases: [string, string, RegExp][] = [
+    ['0.0.0.0/0', '192.0.2.3', /podCIDR 0\.0\.0\.0\/0 is a default route/],
+    ['::/0', '2001:db8:a::3', /podCIDR ::\/0 is a default route/],
+    ['127.0.0.0/8', '192.0.2.3', /overlaps the loopback range 127\.0\.0\.0\/8/],
+    ['::1/128', '2001:db8:a::3', /overlaps the loopback range ::1\/128/],
+    ['224.0.0.0/24', '192.0.2.3', /overlaps the multicast range 224\.0\.0\.0\/4/],
+    ['ff02::/16', '2001:db8:a::3', /overlaps the multicast range ff00::\/8/],
+    ['169.254.0.0/16', '192.0.2.3', /overlaps the link-local range 169\.254\.0\.0\/16/],
+    ['fe80::/64', '2001:db8:a::3', /overlaps the link-local range fe80::\/10/],
+    ['10.99.0.0/24', '192.0.2.3', /podCIDR 10\.99\.0\.0\/24 is outside the cluster network 10\.200\.0\.0\/16, fd00:200::\/56/],
+    ['10.200.1.0/24', '192.0.2.3', /podCIDR 10\.200\.1\.0\/24 is this node's own podCIDR 10\.200\.1\.0\/24/],
+    ['10.200.0.0/23', '192.0.2.3', /podCIDR 10\.200\.0\.0\/23 overlaps this node's own podCIDR 10\.200\.1\.0\/24/],
+    ['fd00:200:0:1::/64', '2001:db8:a::3', /is this node's own podCIDR fd00:200:0:1::\/64/],
+  ]
+  for (const [cidr, ip, why] of cases) {
+    const p = plan([peer('node-x', [cidr], [ip])])
+    assert.equal(p.routes, [], cidr)
+    assert.is(p.skipped.length, 1, cidr)
+    assert.is(p.skipped[0].node, 'node-x')
+    assert.match(p.skipped[0].reason, why)
+  }
+})
+
+test('a podCIDR overlapping a network connected to this node is skipped, naming the interface', () => {
+  const p = plan([peer('node-x', ['10.200.50.0/24'], ['192.0.2.3'])], [...LOCAL, address('eth1', '10.200.50.7/24')])
+  assert.equal(p.routes, [])
+  assert.match(reasons(p)['node-x'], /podCIDR 10\.200\.50\.0\/24 overlaps 10\.200\.50\.0\/24, a network connected on eth1/)
+})
+
+test('the same checks hold under vxlan: no route, no neighbour, no fdb entry for a bad podCIDR', () => {
+  const p = plan([peer('node-x', ['0.0.0.0/0'], ['192.0.2.3']), peer('node-b', ['10.200.2.0/24'], ['192.0.2.2'])], LOCAL, NETWORKS, 'vxlan')
+  assert.equal(dsts(p), ['node-b 10.200.2.0/24 via 10.200.2.0'])
+  assert.equal(p.vxlan!.fdb, [{ mac: '0a:58:0a:c8:02:00', dst: '192.0.2.2' }])
+  assert.match(reasons(p)['node-x'], /default route/)
+})
+
+test('one line per skipped Node, with every reason; its good podCIDR still gets its route', () => {
+  const p = plan([peer('node-x', ['0.0.0.0/0', '10.200.7.0/24', '::/0'], ['192.0.2.7', '2001:db8:a::7'])])
+  assert.equal(dsts(p), ['node-x 10.200.7.0/24 via 192.0.2.7'])
+  assert.is(p.skipped.length, 1)
+  assert.match(p.skipped[0].reason, /0\.0\.0\.0\/0 is a default route; podCIDR ::\/0 is a default route/)
+})
+
+test('without a known cluster network, only the network check is left out', () => {
+  const p = plan([peer('node-b', ['10.99.0.0/24'], ['192.0.2.2']), peer('node-x', ['0.0.0.0/0'], ['192.0.2.3'])], LOCAL, null)
+  assert.equal(dsts(p), ['node-b 10.99.0.0/24 via 192.0.2.2'])
+  assert.match(reasons(p)['node-x'], /default route/)
+})
+
+test('the cluster network from the node\'s conflist, single- and dual-stack', () => {
+  const one = renderConflist({ subnets: ['10.200.1.0/24'], networks: ['10.200.0.0/16'] })
+  assert.equal(networksFromConflist(one, 'x').map(formatCidr), ['10.200.0.0/16'])
+  const two = renderConflist({ subnets: ['fd00:200:0:1::/64', '10.200.1.0/24'], networks: ['fd00:200::/56', '10.200.0.0/16'] })
+  assert.equal(networksFromConflist(two, 'x').map(formatCidr), ['10.200.0.0/16', 'fd00:200::/56'])
+  for (const bad of ['{', '{"plugins":[{"type":"bridge"}]}', '{"cniVersion":"1.0.0","name":"n","plugins":[{"type":"kube-cni","subnet":"10.200.1.0/24","network":"10.9.0.0/16"}]}'])
+    assert.throws(() => networksFromConflist(bad, '/etc/cni/net.d/10-kube-cni.conflist'), /10-kube-cni\.conflist: .*--network CIDR/)
+})
+
+test.run()
