@@ -1,5 +1,6 @@
 // The file a node gets in /etc/cni/net.d: one renderer for install.sh, the DaemonSet's init container and
 // the lab, so all three write the same shape. `kube-cni conflist` is its command-line face.
+import { spawnSync } from 'node:child_process'
 import { existsSync } from 'node:fs'
 import { join } from 'node:path'
 import { parseArgs } from 'node:util'
@@ -70,7 +71,7 @@ export async function conflistCommand(argv: string[]): Promise<number> {
   const text = renderConflist({
     subnets,
     networks,
-    portmap: existsSync(portmap) ? { supportedVersions: await supportedVersions(portmap) } : undefined,
+    portmap: existsSync(portmap) ? { supportedVersions: supportedVersions(portmap) } : undefined,
     extra: o.mtu ? { mtu: Number(o.mtu) } : undefined,
   })
   if (o.out) writeAtomic(o.out, text, 0o644)
@@ -79,24 +80,24 @@ export async function conflistCommand(argv: string[]): Promise<number> {
 }
 
 /** What a plugin binary answers to VERSION; a plugin that cannot answer speaks nothing we may rely on. */
-async function supportedVersions(plugin: string): Promise<string[]> {
-  const { $ } = await import('zx/core')
-  const r = await $({
-    quiet: true,
-    nothrow: true,
-    timeout: '10s',
+function supportedVersions(plugin: string): string[] {
+  // spawnSync, because a plugin that exits without reading stdin must not crash us with EPIPE.
+  const r = spawnSync(plugin, [], {
     input: JSON.stringify({ cniVersion: BASE_VERSION }),
     env: { ...process.env, CNI_COMMAND: 'VERSION' },
-  })`${plugin}`
+    encoding: 'utf8',
+    timeout: 10_000,
+  })
   let versions: unknown
   try {
     versions = JSON.parse(r.stdout).supportedVersions
   } catch {}
-  if (r.exitCode === 0 && Array.isArray(versions) && versions.every((v) => typeof v === 'string')) {
+  if (r.status === 0 && Array.isArray(versions) && versions.every((v) => typeof v === 'string')) {
     if (!versions.includes(STATUS_VERSION))
       process.stderr.write(`kube-cni conflist: ${plugin} speaks up to ${versions.at(-1)}, so the list offers ${BASE_VERSION} only (no STATUS or GC)\n`)
     return versions
   }
-  process.stderr.write(`kube-cni conflist: ${plugin} did not answer VERSION (exit ${r.exitCode}: ${r.stderr.trim().slice(0, 200)}), so the list offers ${BASE_VERSION} only\n`)
+  const why = r.error ? r.error.message : `exit ${r.status ?? r.signal}: ${(r.stderr ?? '').trim().slice(0, 200)}`
+  process.stderr.write(`kube-cni conflist: ${plugin} did not answer VERSION (${why}), so the list offers ${BASE_VERSION} only\n`)
   return []
 }

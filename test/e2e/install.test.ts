@@ -38,7 +38,12 @@ test('install.sh --root stages the plugin and the conflist, and the plugin answe
   assert.is(r.code, 0, r.stderr)
   assert.equal(files(root).sort(), STAGED)
   const conf = JSON.parse(readFileSync(join(root, STAGED[0]), 'utf8'))
-  assert.equal(conf, { cniVersion: '1.0.0', name: 'k8s-pod-network', plugins: [{ type: 'kube-cni', network: '10.200.0.0/16', subnet: '10.200.3.0/24' }] })
+  assert.equal(conf, {
+    cniVersion: '1.0.0',
+    cniVersions: ['1.0.0', '1.1.0'],
+    name: 'k8s-pod-network',
+    plugins: [{ type: 'kube-cni', network: '10.200.0.0/16', subnet: '10.200.3.0/24' }],
+  })
   const bin = join(root, STAGED[1])
   assert.is(statSync(bin).mode & 0o777, 0o755)
   assert.is(readFileSync(bin, 'utf8'), readFileSync(PLUGIN, 'utf8'))
@@ -101,13 +106,22 @@ test('install.sh writes the dual-stack form when the node has two podCIDRs', () 
   assert.equal(plugin, { type: 'kube-cni', networks: ['10.200.0.0/16', 'fd00:200::/56'], subnets: ['10.200.5.0/24', 'fd00:200:0:5::/64'] })
 })
 
-test('install.sh adds portmap to the conflist when the bin dir has it', () => {
-  const root = newRoot()
-  mkdirSync(join(root, 'opt/cni/bin'), { recursive: true })
-  writeFileSync(join(root, 'opt/cni/bin/portmap'), '')
-  assert.is(runWith([INSTALL, '--root', root, '--subnet', '10.200.3.0/24', '--network', '10.200.0.0/16']).code, 0)
-  const conf = JSON.parse(readFileSync(join(root, STAGED[0]), 'utf8'))
-  assert.equal(conf.plugins.map((p: any) => p.type), ['kube-cni', 'portmap'])
+test('install.sh chains portmap when the bin dir has it; Debian\'s 1.1.1, or one that does not answer VERSION, keeps the list at 1.0.0', () => {
+  const debian = '/usr/lib/cni/portmap'
+  for (const portmap of [...(existsSync(debian) ? [debian] : []), '']) {
+    const root = newRoot()
+    mkdirSync(join(root, 'opt/cni/bin'), { recursive: true })
+    // An empty, non-executable file: a portmap that exits at once without reading its stdin.
+    if (portmap) symlinkSync(portmap, join(root, 'opt/cni/bin/portmap'))
+    else writeFileSync(join(root, 'opt/cni/bin/portmap'), '')
+    const r = runWith([INSTALL, '--root', root, '--subnet', '10.200.3.0/24', '--network', '10.200.0.0/16'])
+    assert.is(r.code, 0, r.stderr)
+    assert.match(r.stderr, portmap ? /portmap speaks up to 1\.0\.0, so the list offers 1\.0\.0 only/ : /portmap did not answer VERSION/)
+    const conf = JSON.parse(readFileSync(join(root, STAGED[0]), 'utf8'))
+    assert.equal(conf.plugins.map((p: any) => p.type), ['kube-cni', 'portmap'])
+    assert.is(conf.cniVersion, '1.0.0')
+    assert.not.ok('cniVersions' in conf)
+  }
 })
 
 test('install.sh without Node.js, or with one older than 18, says what to install and writes nothing', () => {
