@@ -151,12 +151,72 @@ test('install.sh --uninstall removes what it installed and nothing else', () => 
   assert.equal(files(root), ['/opt/cni/bin/loopback'])
 })
 
-test('install.sh --dry-run prints the plan and writes nothing', () => {
+test('install.sh --dry-run says what it would do and writes nothing, installing or uninstalling', () => {
   const root = newRoot()
-  const r = runWith([INSTALL, '--root', root, '--subnet', '10.200.3.0/24', '--network', '10.200.0.0/16', '--dry-run'])
+  const args = [INSTALL, '--root', root, '--subnet', '10.200.3.0/24', '--network', '10.200.0.0/16']
+  const r = runWith([...args, '--dry-run'])
   assert.is(r.code, 0, r.stderr)
   assert.match(r.stdout, /would run: mv -f .*10-kube-cni\.conflist/)
+  assert.match(r.stderr, /would install .*\/opt\/cni\/bin\/kube-cni\n/)
+  assert.match(r.stderr, /dry run: nothing was written/)
+  assert.not.match(r.stderr, /\binstalled\b|Pods started from now on/)
   assert.equal(files(root), [])
+  assert.is(runWith(args).code, 0)
+  const u = runWith([INSTALL, '--root', root, '--uninstall', '--dry-run'])
+  assert.is(u.code, 0, u.stderr)
+  assert.match(u.stderr, /would remove .*10-kube-cni\.conflist/)
+  assert.equal(files(root).sort(), STAGED)
+})
+
+test('install.sh names another CNI\'s config that sorts before 10-kube-cni.conflist, and does not claim pods use kube-cni', () => {
+  for (const other of ['05-flannel.conflist', '10-calico.conflist', '00-bridge.conf']) {
+    const root = newRoot()
+    mkdirSync(join(root, 'etc/cni/net.d'), { recursive: true })
+    writeFileSync(join(root, 'etc/cni/net.d', other), '{}')
+    writeFileSync(join(root, 'etc/cni/net.d', '99-loopback.conf'), '{}')
+    const r = runWith([INSTALL, '--root', root, '--subnet', '10.200.3.0/24', '--network', '10.200.0.0/16'])
+    assert.is(r.code, 0, r.stderr)
+    assert.match(r.stderr, `WARNING: ${join(root, 'etc/cni/net.d', other)} sorts before 10-kube-cni.conflist`)
+    assert.match(r.stderr, `pods will keep using ${other}, not kube-cni`)
+    assert.match(r.stderr, /installed but NOT in use/)
+    assert.not.match(r.stderr, /Pods started from now on use kube-cni/)
+  }
+  // A config that sorts after ours is not in the way.
+  const root = newRoot()
+  mkdirSync(join(root, 'etc/cni/net.d'), { recursive: true })
+  writeFileSync(join(root, 'etc/cni/net.d/99-loopback.conf'), '{}')
+  const r = runWith([INSTALL, '--root', root, '--subnet', '10.200.3.0/24', '--network', '10.200.0.0/16'])
+  assert.not.match(r.stderr, /WARNING/)
+  assert.match(r.stderr, /Pods started from now on use kube-cni/)
+})
+
+/** The options install.sh parses: every name in its `case` arms. */
+const OPTIONS = [...new Set([...readFileSync(INSTALL, 'utf8').matchAll(/^ +((?:-[-a-z]+\|?)+)\)/gm)].flatMap((m) => m[1].split('|')))].filter((o) => o !== '--*=*')
+
+test('install.sh: an option without its value is a usage error naming it, whatever follows', () => {
+  const valued = ['--subnet', '--network', '--node', '--kubectl', '--root', '--cni-bin-dir', '--cni-conf-dir']
+  for (const opt of valued) {
+    assert.ok(OPTIONS.includes(opt), opt)
+    for (const rest of [[], ['--dry-run']]) {
+      const r = runWith([INSTALL, opt, ...rest])
+      assert.is(r.code, 2, `${opt} ${rest}: ${r.stderr}`)
+      assert.match(r.stderr, `install.sh: ${opt} needs a value`)
+      assert.not.match(r.stderr, /unbound variable/)
+    }
+  }
+  const r = runWith([INSTALL, '--frobnicate'])
+  assert.is(r.code, 2)
+  assert.match(r.stderr, /unknown option --frobnicate\nRun \.\/install\.sh --help/)
+})
+
+test('install.sh --help lists every option it parses; --opt=value works like --opt value', () => {
+  const r = runWith([INSTALL, '--help'])
+  assert.is(r.code, 0)
+  assert.ok(OPTIONS.length >= 11, OPTIONS.join(' '))
+  for (const opt of OPTIONS) assert.match(r.stdout, new RegExp(`^  (-h, )?${opt}\\b`, 'm'), `--help does not list ${opt}`)
+  const root = newRoot()
+  assert.is(runWith([INSTALL, `--root=${root}`, '--subnet=10.200.3.0/24', '--network=10.200.0.0/16']).code, 0)
+  assert.equal(files(root).sort(), STAGED)
 })
 
 // ---- the manifest ---------------------------------------------------------------------------------------
