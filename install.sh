@@ -9,46 +9,62 @@ set -euo pipefail
 
 usage() {
   cat <<'EOF'
-usage: sudo ./install.sh [--subnet CIDR[,CIDR]] [--network CIDR[,CIDR]] [--node NAME] [--kubectl PATH]
-                         [--root DIR] [--cni-bin-dir D] [--cni-conf-dir D] [--uninstall] [--dry-run]
-  --subnet        this node's podCIDR(s); default: kubectl get node NODE -o jsonpath='{.spec.podCIDRs}'
-  --network       the cluster's pod range(s); default: networking.podSubnet of kubeadm's ClusterConfiguration
-  --node          this node's name in Kubernetes; default: hostname
-  --root          stage everything under DIR and change nothing else on this machine
-  --uninstall     remove the two files this script installs, and nothing else
-  --dry-run       print what would be done
+usage: sudo ./install.sh [OPTION]...
+  --subnet CIDR[,CIDR]   this node's podCIDR(s); default: spec.podCIDRs of this node, from kubectl
+  --network CIDR[,CIDR]  the cluster's pod range(s); default: networking.podSubnet of kubeadm's ClusterConfiguration
+  --node NAME            this node's name in Kubernetes; default: hostname
+  --kubectl PATH         the kubectl to ask; default: kubectl on PATH
+  --cni-bin-dir DIR      where runtimes look for plugins; default: /opt/cni/bin
+  --cni-conf-dir DIR     where runtimes look for network configs; default: /etc/cni/net.d
+  --root DIR             stage everything under DIR and change nothing else on this machine
+  --uninstall            remove what this script installs, and nothing else
+  --dry-run              say what would be done, and write nothing
+  -h, --help             this text
+An option's value follows it (--node n1) or is joined with = (--node=n1).
 EOF
 }
+
+die() { echo "install.sh: $*" >&2; exit 1; }
+say() { echo "install.sh: $*" >&2; }
+usage_error() { echo "install.sh: $*" >&2; echo "Run ./install.sh --help for every option." >&2; exit 2; }
 
 here=$(cd "$(dirname "$0")" && pwd)
 subnet='' network='' node_name='' kubectl='kubectl' root='' bin_dir='/opt/cni/bin' conf_dir='/etc/cni/net.d'
 uninstall=0 dry_run=0
 while [ $# -gt 0 ]; do
-  case "$1" in
-    --subnet) subnet=$2; shift 2 ;;
-    --network) network=$2; shift 2 ;;
-    --node) node_name=$2; shift 2 ;;
-    --kubectl) kubectl=$2; shift 2 ;;
-    --root) root=$2; shift 2 ;;
-    --cni-bin-dir) bin_dir=$2; shift 2 ;;
-    --cni-conf-dir) conf_dir=$2; shift 2 ;;
+  opt=$1
+  case "$opt" in
+    --*=*) shift; set -- "${opt%%=*}" "${opt#*=}" "$@"; continue ;;
+    --subnet|--network|--node|--kubectl|--root|--cni-bin-dir|--cni-conf-dir)
+      # A missing value must not swallow the next option as one.
+      [ $# -ge 2 ] && [ -n "$2" ] && [ "${2#-}" = "$2" ] || usage_error "$opt needs a value (e.g. $opt=...)"
+      case "$opt" in
+        --subnet) subnet=$2 ;;
+        --network) network=$2 ;;
+        --node) node_name=$2 ;;
+        --kubectl) kubectl=$2 ;;
+        --root) root=$2 ;;
+        --cni-bin-dir) bin_dir=$2 ;;
+        --cni-conf-dir) conf_dir=$2 ;;
+      esac
+      shift 2 ;;
     --uninstall) uninstall=1; shift ;;
     --dry-run) dry_run=1; shift ;;
     -h|--help) usage; exit 0 ;;
-    *) echo "install.sh: unknown option $1" >&2; usage >&2; exit 2 ;;
+    *) usage_error "unknown option $opt" ;;
   esac
 done
 
-die() { echo "install.sh: $*" >&2; exit 1; }
-say() { echo "install.sh: $*" >&2; }
 run() { if [ "$dry_run" = 1 ]; then echo "would run: $*"; else "$@"; fi; }
+# did VERB DONE: what a step reports, in the conditional under --dry-run.
+did() { if [ "$dry_run" = 1 ]; then echo "would $1"; else echo "$2"; fi; }
 
 bin="$root$bin_dir/kube-cni"
 conf="$root$conf_dir/10-kube-cni.conflist"
 
 if [ "$uninstall" = 1 ]; then
   for f in "$bin" "$conf"; do
-    if [ -e "$f" ]; then run rm -f "$f"; say "removed $f"; fi
+    if [ -e "$f" ]; then run rm -f "$f"; say "$(did remove removed) $f"; fi
   done
   exit 0
 fi
@@ -60,12 +76,18 @@ node_major=$(node -p 'process.versions.node.split(".")[0]')
 [ "$node_major" -ge 18 ] ||
   die "kube-cni needs Node.js >= 18, this node has $(node --version). Install a newer Node.js, then run install.sh again."
 
-# Build the bundle when it is missing or older than its sources.
+# Build the bundle when it is missing or older than its sources; a dry run renders from the sources instead.
 bundle="$here/dist/kube-cni"
+kube_cni=(node "$bundle")
 if [ ! -x "$bundle" ] || [ -n "$(find "$here/kube-cni.ts" "$here/lib" "$here/package.json" -newer "$bundle" 2>/dev/null | head -1)" ]; then
   [ -d "$here/node_modules" ] || die "dist/kube-cni must be built, and node_modules is missing: run 'npm ci' in $here first."
-  say "building dist/kube-cni"
-  (cd "$here" && npm run build --silent)
+  if [ "$dry_run" = 1 ]; then
+    say "would build dist/kube-cni (npm run build)"
+    kube_cni=("$here/node_modules/.bin/tsx" "$here/kube-cni.ts")
+  else
+    say "building dist/kube-cni"
+    (cd "$here" && npm run build --silent)
+  fi
 fi
 
 # This node's podCIDR(s), from the flag or from the cluster.
@@ -88,7 +110,7 @@ fi
 [ -n "$network" ] || die "cannot learn the cluster's pod range (kubeadm's networking.podSubnet). Pass it: --network 10.200.0.0/16. Nothing was written."
 
 # Render and validate the conflist before touching anything, so a bad range writes nothing.
-conflist=$(node "$bundle" conflist --subnet "$subnet" --network "$network" --cni-bin-dir "$root$bin_dir") ||
+conflist=$("${kube_cni[@]}" conflist --subnet "$subnet" --network "$network" --cni-bin-dir "$root$bin_dir") ||
   die "the podCIDR '$subnet' and pod range '$network' do not make a valid config (see above). Nothing was written."
 
 # install SRC DEST MODE: copy to a temp file beside DEST, then rename over it; unchanged files stay untouched.
@@ -98,14 +120,27 @@ install_file() {
   run mkdir -p "$(dirname "$dest")"
   run install -m "$mode" "$src" "$dest.tmp.$$"
   run mv -f "$dest.tmp.$$" "$dest"
-  say "installed $dest"
+  say "$(did install installed) $dest"
 }
 
 tmp=$(mktemp)
 trap 'rm -f "$tmp"' EXIT
 printf '%s\n' "$conflist" >"$tmp"
-install_file "$bundle" "$bin" 0755
+if [ "$dry_run" = 1 ] && [ ! -x "$bundle" ]; then say "would install $bin (once built)"; else install_file "$bundle" "$bin" 0755; fi
 install_file "$tmp" "$conf" 0644
 [ "$dry_run" = 1 ] && echo "$conflist"
-say "done: node $node_name, podCIDR $subnet, cluster range $network. Pods started from now on use kube-cni."
+
+# Runtimes (containerd, CRI-O, podman) use the first config in the conf dir by name, in byte order.
+first=$({ ls -A "$root$conf_dir" 2>/dev/null || true; echo "${conf##*/}"; } | grep -E '\.(conf|conflist|json)$' | LC_ALL=C sort -u | head -1)
+summary="node $node_name, podCIDR $subnet, cluster range $network"
+if [ "$first" != "${conf##*/}" ]; then
+  say "WARNING: $root$conf_dir/$first sorts before ${conf##*/}, and the container runtime uses the first config in
+  $conf_dir: pods will keep using $first, not kube-cni. To switch, move it away (sudo mv $conf_dir/$first /root/),
+  or uninstall that network plugin, then restart the pods."
+  outcome="kube-cni is installed but NOT in use: $first comes first."
+else
+  outcome="Pods started from now on use kube-cni."
+fi
+if [ "$dry_run" = 1 ]; then say "dry run: nothing was written. Without --dry-run: $summary."
+else say "done: $summary. $outcome"; fi
 say "routes to the other nodes: kube-cni routes --node $node_name --watch 10 (or apply deploy/kube-cni.yaml)"

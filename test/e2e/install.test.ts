@@ -38,7 +38,12 @@ test('install.sh --root stages the plugin and the conflist, and the plugin answe
   assert.is(r.code, 0, r.stderr)
   assert.equal(files(root).sort(), STAGED)
   const conf = JSON.parse(readFileSync(join(root, STAGED[0]), 'utf8'))
-  assert.equal(conf, { cniVersion: '1.0.0', name: 'k8s-pod-network', plugins: [{ type: 'kube-cni', network: '10.200.0.0/16', subnet: '10.200.3.0/24' }] })
+  assert.equal(conf, {
+    cniVersion: '1.0.0',
+    cniVersions: ['1.0.0', '1.1.0'],
+    name: 'k8s-pod-network',
+    plugins: [{ type: 'kube-cni', network: '10.200.0.0/16', subnet: '10.200.3.0/24' }],
+  })
   const bin = join(root, STAGED[1])
   assert.is(statSync(bin).mode & 0o777, 0o755)
   assert.is(readFileSync(bin, 'utf8'), readFileSync(PLUGIN, 'utf8'))
@@ -101,13 +106,22 @@ test('install.sh writes the dual-stack form when the node has two podCIDRs', () 
   assert.equal(plugin, { type: 'kube-cni', networks: ['10.200.0.0/16', 'fd00:200::/56'], subnets: ['10.200.5.0/24', 'fd00:200:0:5::/64'] })
 })
 
-test('install.sh adds portmap to the conflist when the bin dir has it', () => {
-  const root = newRoot()
-  mkdirSync(join(root, 'opt/cni/bin'), { recursive: true })
-  writeFileSync(join(root, 'opt/cni/bin/portmap'), '')
-  assert.is(runWith([INSTALL, '--root', root, '--subnet', '10.200.3.0/24', '--network', '10.200.0.0/16']).code, 0)
-  const conf = JSON.parse(readFileSync(join(root, STAGED[0]), 'utf8'))
-  assert.equal(conf.plugins.map((p: any) => p.type), ['kube-cni', 'portmap'])
+test('install.sh chains portmap when the bin dir has it; Debian\'s 1.1.1, or one that does not answer VERSION, keeps the list at 1.0.0', () => {
+  const debian = '/usr/lib/cni/portmap'
+  for (const portmap of [...(existsSync(debian) ? [debian] : []), '']) {
+    const root = newRoot()
+    mkdirSync(join(root, 'opt/cni/bin'), { recursive: true })
+    // An empty, non-executable file: a portmap that exits at once without reading its stdin.
+    if (portmap) symlinkSync(portmap, join(root, 'opt/cni/bin/portmap'))
+    else writeFileSync(join(root, 'opt/cni/bin/portmap'), '')
+    const r = runWith([INSTALL, '--root', root, '--subnet', '10.200.3.0/24', '--network', '10.200.0.0/16'])
+    assert.is(r.code, 0, r.stderr)
+    assert.match(r.stderr, portmap ? /portmap speaks up to 1\.0\.0, so the list offers 1\.0\.0 only/ : /portmap did not answer VERSION/)
+    const conf = JSON.parse(readFileSync(join(root, STAGED[0]), 'utf8'))
+    assert.equal(conf.plugins.map((p: any) => p.type), ['kube-cni', 'portmap'])
+    assert.is(conf.cniVersion, '1.0.0')
+    assert.not.ok('cniVersions' in conf)
+  }
 })
 
 test('install.sh without Node.js, or with one older than 18, says what to install and writes nothing', () => {
@@ -137,12 +151,72 @@ test('install.sh --uninstall removes what it installed and nothing else', () => 
   assert.equal(files(root), ['/opt/cni/bin/loopback'])
 })
 
-test('install.sh --dry-run prints the plan and writes nothing', () => {
+test('install.sh --dry-run says what it would do and writes nothing, installing or uninstalling', () => {
   const root = newRoot()
-  const r = runWith([INSTALL, '--root', root, '--subnet', '10.200.3.0/24', '--network', '10.200.0.0/16', '--dry-run'])
+  const args = [INSTALL, '--root', root, '--subnet', '10.200.3.0/24', '--network', '10.200.0.0/16']
+  const r = runWith([...args, '--dry-run'])
   assert.is(r.code, 0, r.stderr)
   assert.match(r.stdout, /would run: mv -f .*10-kube-cni\.conflist/)
+  assert.match(r.stderr, /would install .*\/opt\/cni\/bin\/kube-cni\n/)
+  assert.match(r.stderr, /dry run: nothing was written/)
+  assert.not.match(r.stderr, /\binstalled\b|Pods started from now on/)
   assert.equal(files(root), [])
+  assert.is(runWith(args).code, 0)
+  const u = runWith([INSTALL, '--root', root, '--uninstall', '--dry-run'])
+  assert.is(u.code, 0, u.stderr)
+  assert.match(u.stderr, /would remove .*10-kube-cni\.conflist/)
+  assert.equal(files(root).sort(), STAGED)
+})
+
+test('install.sh names another CNI\'s config that sorts before 10-kube-cni.conflist, and does not claim pods use kube-cni', () => {
+  for (const other of ['05-flannel.conflist', '10-calico.conflist', '00-bridge.conf']) {
+    const root = newRoot()
+    mkdirSync(join(root, 'etc/cni/net.d'), { recursive: true })
+    writeFileSync(join(root, 'etc/cni/net.d', other), '{}')
+    writeFileSync(join(root, 'etc/cni/net.d', '99-loopback.conf'), '{}')
+    const r = runWith([INSTALL, '--root', root, '--subnet', '10.200.3.0/24', '--network', '10.200.0.0/16'])
+    assert.is(r.code, 0, r.stderr)
+    assert.match(r.stderr, `WARNING: ${join(root, 'etc/cni/net.d', other)} sorts before 10-kube-cni.conflist`)
+    assert.match(r.stderr, `pods will keep using ${other}, not kube-cni`)
+    assert.match(r.stderr, /installed but NOT in use/)
+    assert.not.match(r.stderr, /Pods started from now on use kube-cni/)
+  }
+  // A config that sorts after ours is not in the way.
+  const root = newRoot()
+  mkdirSync(join(root, 'etc/cni/net.d'), { recursive: true })
+  writeFileSync(join(root, 'etc/cni/net.d/99-loopback.conf'), '{}')
+  const r = runWith([INSTALL, '--root', root, '--subnet', '10.200.3.0/24', '--network', '10.200.0.0/16'])
+  assert.not.match(r.stderr, /WARNING/)
+  assert.match(r.stderr, /Pods started from now on use kube-cni/)
+})
+
+/** The options install.sh parses: every name in its `case` arms. */
+const OPTIONS = [...new Set([...readFileSync(INSTALL, 'utf8').matchAll(/^ +((?:-[-a-z]+\|?)+)\)/gm)].flatMap((m) => m[1].split('|')))].filter((o) => o !== '--*=*')
+
+test('install.sh: an option without its value is a usage error naming it, whatever follows', () => {
+  const valued = ['--subnet', '--network', '--node', '--kubectl', '--root', '--cni-bin-dir', '--cni-conf-dir']
+  for (const opt of valued) {
+    assert.ok(OPTIONS.includes(opt), opt)
+    for (const rest of [[], ['--dry-run']]) {
+      const r = runWith([INSTALL, opt, ...rest])
+      assert.is(r.code, 2, `${opt} ${rest}: ${r.stderr}`)
+      assert.match(r.stderr, `install.sh: ${opt} needs a value`)
+      assert.not.match(r.stderr, /unbound variable/)
+    }
+  }
+  const r = runWith([INSTALL, '--frobnicate'])
+  assert.is(r.code, 2)
+  assert.match(r.stderr, /unknown option --frobnicate\nRun \.\/install\.sh --help/)
+})
+
+test('install.sh --help lists every option it parses; --opt=value works like --opt value', () => {
+  const r = runWith([INSTALL, '--help'])
+  assert.is(r.code, 0)
+  assert.ok(OPTIONS.length >= 11, OPTIONS.join(' '))
+  for (const opt of OPTIONS) assert.match(r.stdout, new RegExp(`^  (-h, )?${opt}\\b`, 'm'), `--help does not list ${opt}`)
+  const root = newRoot()
+  assert.is(runWith([INSTALL, `--root=${root}`, '--subnet=10.200.3.0/24', '--network=10.200.0.0/16']).code, 0)
+  assert.equal(files(root).sort(), STAGED)
 })
 
 // ---- the manifest ---------------------------------------------------------------------------------------

@@ -1,14 +1,14 @@
 // kube-cni under real client code: a small runtime on Debian's libcni 1.1.2 (test/clients/libcni) loads a
 // conflist and drives the plugin with VERSION negotiation, prevResult chaining, its result cache and
 // capability args, chained with the reference portmap and tuning plugins from containernetworking-plugins.
-import { existsSync, readFileSync } from 'node:fs'
+import { existsSync, mkdirSync, readFileSync } from 'node:fs'
 import { join } from 'node:path'
 import { test } from 'uvu'
 import * as assert from 'uvu/assert'
 import { probe, startEchoServers } from '../../lib/lab.ts'
-import { Node, TMP, cleanupAll, delNetns, ipj, must, sh } from '../helpers/cluster.ts'
+import { Node, PLUGIN, TMP, cleanupAll, delNetns, ipj, must, sh } from '../helpers/cluster.ts'
 import { clientOf } from '../helpers/topology.ts'
-import { REF_PLUGINS, buildDriver, driverRun, writeConflist } from '../helpers/libcni.ts'
+import { REF_PLUGINS, binDir, buildDriver, driverRun, writeConflist } from '../helpers/libcni.ts'
 
 const { driver, why } = buildDriver()
 if (!driver) {
@@ -119,6 +119,36 @@ test('prevResult: tuning after kube-cni receives kube-cni\'s result unchanged an
   assert.is(sh(['ip', 'netns', 'exec', pod, 'sysctl', '-n', 'net.core.somaxconn']).stdout.trim(), '512')
   assert.is(run(node, { op: 'check', confDir, name, netns: pod, id: 'c1' }).code, 0)
   assert.is(run(node, { op: 'del', confDir, name, netns: pod, id: 'c1' }).code, 0)
+})
+
+// `kube-cni conflist` writes "cniVersions" beside "cniVersion" for a newer libcni (containerd 2, CRI-O), which
+// then sends STATUS and GC. The libcni of containerd 1.6/1.7 (Debian's 1.1.2 here) must still run it at 1.0.0.
+test('kube-cni conflist\'s own output runs under libcni 1.1.2: 1.1.0 offered alone, 1.0.0 only with Debian\'s portmap', () => {
+  if (!driver || !hasRef) return
+  const noPlugins = join(TMP, 'no-plugins')
+  mkdirSync(noPlugins, { recursive: true })
+  for (const [bins, offered] of [[noPlugins, ['1.0.0', '1.1.0']], [binDir(), undefined]] as const) {
+    const r = sh([PLUGIN, 'conflist', '--subnet', '10.200.1.0/24', '--network', '10.200.0.0/16', '--cni-bin-dir', bins])
+    assert.is(r.code, 0, r.stderr)
+    const list = JSON.parse(r.stdout)
+    assert.is(list.cniVersion, '1.0.0')
+    assert.equal(list.cniVersions, offered)
+    if (!offered) assert.match(r.stderr, /portmap speaks up to 1\.0\.0, so the list offers 1\.0\.0 only/)
+    // The list as written; only the node's own data dir and log file are added, so tests share no state.
+    const node = new Node()
+    const name = `kube-cni-${++lists}`
+    list.name = name
+    Object.assign(list.plugins[0], { dataDir: node.conf.dataDir, logFile: node.conf.logFile })
+    const confDir = writeConflist(join(TMP, `net.d-${lists}`), list)
+    const pod = node.pod()
+    const capArgs = { portMappings: [{ hostPort: 8080, containerPort: 80, protocol: 'tcp' }] }
+    const add = run(node, { op: 'add', confDir, name, netns: pod, id: 'c1', capArgs })
+    assert.is(add.code, 0, add.raw)
+    assert.is(add.json.cniVersion, '1.0.0', 'libcni 1.1.2 ignores cniVersions and speaks cniVersion')
+    assert.is(run(node, { op: 'check', confDir, name, netns: pod, id: 'c1' }).code, 0)
+    assert.is(run(node, { op: 'del', confDir, name, netns: pod, id: 'c1', capArgs }).code, 0)
+    assert.equal(node.ip('link', 'show', 'type', 'veth'), [])
+  }
 })
 
 test.run()
