@@ -1,0 +1,308 @@
+// containerd 1.6's CRI plugin, run as a node's runtime for a test: started with `nsenter --net=<node netns>`
+// (not `ip netns exec`, whose private mount namespace would hide the sandbox netns mounts), with its own root,
+// state, socket, opt and runc dirs under the test's temp dir, so a system containerd is never touched; shims
+// still put their sockets in /run/containerd/s. No registry: the busybox image (test/helpers/oci.ts) is the
+// sandbox image, imported with ctr. Pods go in a cgroup_parent of this instance's own, removed at stop.
+// Facts behind each setting: ../../../shared/k8s-notes.md.
+import { spawn, type ChildProcess } from 'node:child_process'
+import { existsSync, mkdirSync, readdirSync, readFileSync, rmSync, rmdirSync, writeFileSync } from 'node:fs'
+import { join } from 'node:path'
+import { Node, PREFIX, TMP, nsPath, sh } from './cluster.ts'
+import { Cri, type ContainerConfig, type ContainerStatus, type PodSandboxConfig } from './cri.ts'
+import { binDir, writeConflist } from './libcni.ts'
+import { BUSYBOX, IMAGE, buildImage } from './oci.ts'
+
+export { IMAGE }
+export const NAMESPACE = 'k8s.io' // the CRI plugin's containerd namespace
+const CGROUPS = '/sys/fs/cgroup'
+
+/** What this machine lacks to run containerd's CRI (empty when nothing). */
+export function missingTools(): string[] {
+  const tools = ['containerd', 'ctr', 'runc', 'containerd-shim-runc-v2', 'nsenter'].filter((t) => sh(['which', t]).code !== 0)
+  const files = [[BUSYBOX, 'busybox-static'], ['/usr/lib/cni/loopback', 'containernetworking-plugins'], ['/usr/lib/cni/portmap', 'containernetworking-plugins']]
+  return [...new Set([...tools, ...files.filter(([f]) => !existsSync(f)).map(([, pkg]) => pkg)])]
+}
+
+/** kube-cni with the node's conf, chained with the reference portmap, as install.sh and the DaemonSet write it. */
+export function kubeCniConflist(node: Node): object {
+  const { cniVersion, name, type: _t, ...kube } = node.conf
+  return { cniVersion, name, plugins: [{ type: 'kube-cni', ...kube }, { type: 'portmap', capabilities: { portMappings: true }, snat: true }] }
+}
+
+export interface ContainerdOptions {
+  /** Written as conf_dir's only file. Default: kubeCniConflist(node); null leaves conf_dir empty, for a test
+   *  whose own containers install the conflist (NetworkReady stays false until then). */
+  conflist?: object | null
+  /** conf_dir and bin_dir; default: a fresh conf dir, and libcni.ts's bin dir (kube-cni, loopback, portmap). */
+  confDir?: string
+  binDir?: string
+  /** More oci-archives to import (oci.ts ociArchive), each under the name in its index. */
+  images?: string[]
+}
+
+let instances = 0
+const running = new Set<Containerd>()
+let exitHook = false
+
+export class Containerd {
+  readonly dir: string
+  readonly socket: string
+  readonly confDir: string
+  readonly binDir: string
+  readonly cgroupParent: string // cgroupfs path, the same in every hierarchy
+  readonly logFile: string
+  cri: Cri
+  private proc?: ChildProcess
+  private readonly netnsPaths = new Map<string, string>() // sandbox id → the netns containerd pinned for it
+  private pods = 0
+
+  private constructor(readonly node: Node, opts: ContainerdOptions) {
+    const n = ++instances
+    this.dir = join(TMP, `containerd${n}`)
+    this.socket = join(this.dir, 'containerd.sock')
+    this.confDir = opts.confDir ?? join(this.dir, 'net.d')
+    this.binDir = opts.binDir ?? binDir()
+    this.cgroupParent = `/${PREFIX}cri${n}`
+    this.logFile = join(this.dir, 'containerd.log')
+    mkdirSync(join(this.dir, 'logs'), { recursive: true })
+    mkdirSync(this.confDir, { recursive: true })
+    if (opts.conflist !== null) writeConflist(this.confDir, opts.conflist ?? kubeCniConflist(node))
+    writeFileSync(join(this.dir, 'config.toml'), this.config())
+    this.cri = new Cri(this.socket)
+  }
+
+  /** Starts containerd in the node's netns and imports the sandbox image (and `opts.images`). */
+  static async start(node: Node, opts: ContainerdOptions = {}): Promise<Containerd> {
+    const missing = missingTools()
+    if (missing.length) throw new Error(`containerd's CRI cannot run here: ${missing.join(', ')} missing (apt-get install containerd runc busybox-static containernetworking-plugins)`)
+    if (!exitHook) {
+      exitHook = true
+      // Last resort when a test dies without stop(): nothing of ours may outlive the process.
+      process.on('exit', () => running.forEach((c) => c.kill()))
+    }
+    const c = new Containerd(node, opts)
+    running.add(c)
+    await c.launch()
+    const image = join(TMP, 'containerd-image')
+    const archive = existsSync(join(image, 'image.tar')) ? join(image, 'image.tar') : buildImage(image, { cmd: ['sleep', '999999999'] })
+    for (const a of [archive, ...(opts.images ?? [])]) c.ctr('images', 'import', '--snapshotter', 'native', a)
+    return c
+  }
+
+  private config(): string {
+    const d = this.dir
+    const cri = 'plugins."io.containerd.grpc.v1.cri"'
+    return `version = 2
+root = "${d}/root"
+state = "${d}/state"
+disabled_plugins = ["io.containerd.snapshotter.v1.btrfs", "io.containerd.snapshotter.v1.zfs", "io.containerd.snapshotter.v1.devmapper", "io.containerd.snapshotter.v1.aufs", "io.containerd.tracing.processor.v1.otlp", "io.containerd.internal.v1.tracing"]
+
+[grpc]
+  address = "${this.socket}"
+
+[ttrpc]
+  address = "${this.socket}.ttrpc"
+
+[plugins."io.containerd.internal.v1.opt"]
+  path = "${d}/opt"
+
+[${cri}]
+  sandbox_image = "${IMAGE}"
+  # This VM forbids lowering oom_score_adj; without this runc fails every sandbox.
+  restrict_oom_score_adj = true
+  stream_server_address = "127.0.0.1"
+  stream_server_port = "0"
+  enable_selinux = false
+
+[${cri}.cni]
+  bin_dir = "${this.binDir}"
+  conf_dir = "${this.confDir}"
+  max_conf_num = 1
+
+[${cri}.containerd]
+  snapshotter = "native"
+  default_runtime_name = "runc"
+
+[${cri}.containerd.runtimes.runc]
+  runtime_type = "io.containerd.runc.v2"
+
+[${cri}.containerd.runtimes.runc.options]
+  Root = "${d}/runc"
+  SystemdCgroup = false
+`
+  }
+
+  private async launch(): Promise<void> {
+    // nsenter execs containerd in place: the child's pid is containerd's.
+    const log = join(this.dir, 'containerd.log')
+    this.proc = spawn('sh', ['-c', `exec nsenter --net=${nsPath(this.node.ns)} containerd --config ${this.dir}/config.toml >>${log} 2>&1`], { stdio: 'ignore' })
+    const exited = new Promise<never>((_, reject) => this.proc!.once('exit', (code) => reject(new Error(`containerd exited (${code}): ${this.logTail()}`))))
+    exited.catch(() => {})
+    this.cri.close()
+    this.cri = new Cri(this.socket)
+    const deadline = Date.now() + 30_000
+    for (;;) {
+      try {
+        // The CRI plugin answers "server is not initialized yet" for a moment after the socket is up.
+        if ((await Promise.race([this.cri.status(), exited])).RuntimeReady?.status) return
+      } catch (e) {
+        if (this.proc.exitCode !== null || Date.now() > deadline) throw new Error(`containerd did not become ready: ${(e as Error).message}\n${this.logTail()}`)
+      }
+      await new Promise((r) => setTimeout(r, 200))
+    }
+  }
+
+  logTail(lines = 30): string {
+    return existsSync(this.logFile) ? readFileSync(this.logFile, 'utf8').split('\n').slice(-lines).join('\n') : ''
+  }
+
+  /** `ctr` on this instance's socket and namespace; throws with its output on failure. */
+  ctr(...args: string[]): string {
+    const r = sh(['ctr', '--address', this.socket, '--namespace', NAMESPACE, ...args])
+    if (r.code !== 0) throw new Error(`ctr ${args.join(' ')} failed: ${r.stderr}`)
+    return r.stdout
+  }
+
+  /** A pod's sandbox config as the kubelet builds it: metadata, hostname, log dir, this instance's cgroup parent.
+   *  `hostNetwork` gives the sandbox the node's netns (no CNI call) and, as runc needs then, no hostname;
+   *  `privileged` is what the kubelet sets when any container of the pod is privileged (containerd refuses a
+   *  privileged container in a sandbox without it). */
+  podConfig(name: string, opts: { hostNetwork?: boolean; privileged?: boolean; portMappings?: PodSandboxConfig['port_mappings']; namespace?: string } = {}): PodSandboxConfig {
+    const uid = `${PREFIX}${name}-${++this.pods}`
+    return {
+      metadata: { name, uid, namespace: opts.namespace ?? 'default', attempt: 0 },
+      ...(opts.hostNetwork ? {} : { hostname: name }),
+      log_directory: join(this.dir, 'logs', uid),
+      port_mappings: opts.portMappings ?? [],
+      labels: { 'kube-cni-test': PREFIX },
+      linux: {
+        cgroup_parent: this.cgroupParent,
+        security_context: {
+          namespace_options: { network: opts.hostNetwork ? 'NODE' : 'POD', pid: 'CONTAINER', ipc: 'POD' },
+          privileged: opts.privileged ?? false,
+        },
+      },
+    }
+  }
+
+  /** RunPodSandbox; remembers the sandbox's netns so that even a crashed test leaves no netns mount behind. */
+  async runPod(config: PodSandboxConfig): Promise<string> {
+    const id = await this.cri.runPodSandbox(config)
+    await this.netnsOf(id)
+    return id
+  }
+
+  /** The path of the sandbox's netns (containerd pins it in /var/run/netns), or '' for a hostNetwork pod. */
+  async netnsOf(id: string): Promise<string> {
+    const { info } = await this.cri.podSandboxStatus(id)
+    const ns = (info.runtimeSpec?.linux?.namespaces ?? []).find((n: { type: string }) => n.type === 'network')
+    const path: string = ns?.path ?? ''
+    if (path) this.netnsPaths.set(id, path)
+    return path
+  }
+
+  /** CreateContainer + StartContainer, as the kubelet does for each container of a pod; logs go to
+   *  `<log_directory>/<name>.log` (see containerLog). */
+  async runContainer(sandboxId: string, pod: PodSandboxConfig, config: Omit<ContainerConfig, 'image'> & { image?: ContainerConfig['image'] }): Promise<string> {
+    const full: ContainerConfig = { image: { image: IMAGE }, log_path: `${config.metadata.name}.log`, ...config }
+    const id = await this.cri.createContainer(sandboxId, full, pod)
+    await this.cri.startContainer(id)
+    return id
+  }
+
+  /** Waits until a container has exited (an init container, a one-shot client); returns its status. */
+  async waitExited(id: string, timeoutMs = 60_000): Promise<ContainerStatus> {
+    const deadline = Date.now() + timeoutMs
+    for (;;) {
+      const st = await this.cri.containerStatus(id)
+      if (st.state === 'CONTAINER_EXITED') return st
+      if (Date.now() > deadline) throw new Error(`container ${st.metadata?.name ?? id} still ${st.state} after ${timeoutMs} ms`)
+      await new Promise((r) => setTimeout(r, 200))
+    }
+  }
+
+  /** A container's log as the CRI writes it: "<time> stdout|stderr F <line>" per line. */
+  containerLog(pod: PodSandboxConfig, name: string): string {
+    const file = join(pod.log_directory!, `${name}.log`)
+    return existsSync(file) ? readFileSync(file, 'utf8') : ''
+  }
+
+  /** Stops containerd (pods and their shims stay up) and starts it again on the same state. */
+  async restart(): Promise<void> {
+    await this.terminate()
+    await this.launch()
+  }
+
+  private async terminate(): Promise<void> {
+    const p = this.proc
+    if (!p || p.exitCode !== null || p.signalCode !== null) return
+    const gone = new Promise((r) => p.once('exit', r))
+    p.kill('SIGTERM')
+    const timer = setTimeout(() => p.kill('SIGKILL'), 10_000)
+    await gone
+    clearTimeout(timer)
+  }
+
+  /** Stops and removes every pod through the CRI (so the CNI DELs run), then containerd, then its files and
+   *  cgroups. Throws when a pod could not be removed, after cleaning up anyway. */
+  async stop(): Promise<void> {
+    const errors: string[] = []
+    if (this.proc?.exitCode === null) {
+      try {
+        for (const pod of await this.cri.listPodSandbox()) {
+          await this.cri.stopPodSandbox(pod.id).catch((e) => errors.push(e.message))
+          await this.cri.removePodSandbox(pod.id).catch((e) => errors.push(e.message))
+          this.netnsPaths.delete(pod.id)
+        }
+      } catch (e) {
+        errors.push((e as Error).message)
+      }
+    }
+    await this.terminate()
+    this.kill()
+    if (errors.length) throw new Error(`containerd stop: ${errors.join('; ')}`)
+  }
+
+  /** Synchronous teardown: containerd, its shims and containers, the netns it pinned, cgroups, files. */
+  private kill(): void {
+    running.delete(this)
+    this.cri.close()
+    if (this.proc && this.proc.exitCode === null && this.proc.signalCode === null) this.proc.kill('SIGKILL')
+    const runcRoot = join(this.dir, 'runc', NAMESPACE)
+    for (const id of existsSync(runcRoot) ? readdirSync(runcRoot) : []) sh(['runc', '--root', runcRoot, 'delete', '--force', id])
+    // The shims name this instance's socket on their command line; nothing else does.
+    for (const pid of readdirSync('/proc').filter((p) => /^\d+$/.test(p))) {
+      let cmd = ''
+      try {
+        cmd = readFileSync(`/proc/${pid}/cmdline`, 'utf8')
+      } catch {
+        continue
+      }
+      if (cmd.split('\0')[0].includes('containerd-shim') && cmd.split('\0').includes(this.socket)) sh(['kill', '-KILL', pid])
+    }
+    for (const path of this.netnsPaths.values()) {
+      sh(['umount', path])
+      rmSync(path, { force: true })
+    }
+    this.netnsPaths.clear()
+    for (const mnt of readFileSync('/proc/self/mountinfo', 'utf8').split('\n').map((l) => l.split(' ')[4]).filter((m) => m?.startsWith(this.dir)).reverse()) sh(['umount', '-l', mnt])
+    this.removeCgroups()
+    rmSync(this.dir, { recursive: true, force: true })
+  }
+
+  private removeCgroups(): void {
+    for (const hierarchy of existsSync(CGROUPS) ? readdirSync(CGROUPS) : []) {
+      const dir = join(CGROUPS, hierarchy, this.cgroupParent)
+      if (!existsSync(dir)) continue
+      // Leftover per-container cgroups first (each is empty once its processes are gone).
+      for (const child of readdirSync(dir, { withFileTypes: true }).filter((e) => e.isDirectory())) {
+        try {
+          rmdirSync(join(dir, child.name))
+        } catch {}
+      }
+      try {
+        rmdirSync(dir)
+      } catch {}
+    }
+  }
+}
