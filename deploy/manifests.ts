@@ -4,6 +4,8 @@
 // No image is built or pushed: the DaemonSet runs the stock node:20-bookworm-slim image, and the bundle
 // travels in a ConfigMap. kind nodes have no Node.js, so the init container copies its own `node` next to
 // the bundle on the host and installs /opt/cni/bin/kube-cni with its shebang pointing at that copy.
+// The image has no iproute2, so the routes agent runs the node's own `ip` and `bridge` through a chroot
+// into the node's root (README, "Deploy on kind").
 import { readFileSync, writeFileSync } from 'node:fs'
 import { join } from 'node:path'
 
@@ -14,23 +16,49 @@ const MAX_CONFIGMAP = 1 << 20
 
 /**
  * The init container's script, a plain sh script so a test can run it under a temp root. HOST_BIN and
- * HOST_CONF are where the host's CNI dirs are mounted; NODE_ON_HOST is where the node copy is seen from
- * the host, which is what the kubelet's runtime will exec.
+ * HOST_CONF are where the host's CNI dirs are mounted, HOST_ROOT the host's root; NODE_ON_HOST is where
+ * the node copy is seen from the host, which is what the kubelet's runtime will exec.
  */
 export const INIT_SCRIPT = `set -eu
 bin=\${HOST_BIN:-/host/opt/cni/bin}
 conf=\${HOST_CONF:-/host/etc/cni/net.d}
 node_on_host=\${NODE_ON_HOST:-/opt/cni/bin/kube-cni.d/node}
 bundle=\${BUNDLE:-/etc/kube-cni/kube-cni}
+host=\${HOST_ROOT:-/host}
 mkdir -p "$bin/kube-cni.d" "$conf"
 # Each file goes to a temp name and is renamed: a runtime never runs half a binary.
 cp "$(command -v node)" "$bin/kube-cni.d/node.tmp" && mv -f "$bin/kube-cni.d/node.tmp" "$bin/kube-cni.d/node"
 cp "$bundle" "$bin/kube-cni.d/kube-cni.js.tmp" && mv -f "$bin/kube-cni.d/kube-cni.js.tmp" "$bin/kube-cni.d/kube-cni.js"
+# The runtime will run this copy with the node's libraries, not the image's: fail here, naming them, rather
+# than at every pod start.
+if ! chroot "$host" "$node_on_host" -e 0; then
+  echo "kube-cni: the node cannot run the node binary copied to $node_on_host: it needs glibc >= 2.28, libstdc++.so.6 and libgcc_s.so.1 (Debian/Ubuntu: apt-get install -y libstdc++6; or use install.sh with the node's own Node.js)" >&2
+  exit 1
+fi
 { echo "#!$node_on_host"; tail -n +2 "$bundle"; } > "$bin/kube-cni.tmp"
 chmod 0755 "$bin/kube-cni.tmp" && mv -f "$bin/kube-cni.tmp" "$bin/kube-cni"
 # This node's podCIDR(s) from the API; the conflist is written to a temp file and renamed.
 node "$bundle" conflist --node "$NODE_NAME" --network "$NETWORK" --cni-bin-dir "$bin" --out "$conf/10-kube-cni.conflist"
 echo "kube-cni installed on $NODE_NAME"
+`
+
+/**
+ * The routes container's script. `kube-cni routes` runs `ip` and `bridge`, which the image lacks: each
+ * becomes a wrapper that runs the node's own tool in a chroot into the node's root, in this pod's (the
+ * node's) netns. A node without the tool stops the container with the package to install: a crash loop
+ * that says why, not a Running pod retrying forever.
+ */
+export const ROUTES_SCRIPT = `set -eu
+tools=$(mktemp -d)
+for tool in ip bridge; do
+  if ! path=$(chroot /host /bin/sh -c "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin; command -v $tool"); then
+    echo "kube-cni routes: this node has no '$tool' (kube-cni runs the node's own): install iproute2 on the node (apt-get install -y iproute2)" >&2
+    exit 1
+  fi
+  printf '#!/bin/sh\\nexec chroot /host %s "$@"\\n' "$path" > "$tools/$tool"
+  chmod 0755 "$tools/$tool"
+done
+PATH="$tools:$PATH" exec node /etc/kube-cni/kube-cni routes --node "$NODE_NAME" --network "$NETWORK" --backend "$BACKEND" --watch 10
 `
 
 const indent = (text: string, n: number) =>
@@ -131,6 +159,10 @@ ${indent(INIT_SCRIPT, 14)}
                   name: kube-cni
                   key: network
           volumeMounts:
+            # The node's root, read only; its CNI dirs are mounted writable on top.
+            - name: host-root
+              mountPath: /host
+              readOnly: true
             - name: cni-bin
               mountPath: /host/opt/cni/bin
             - name: cni-conf
@@ -140,12 +172,21 @@ ${indent(INIT_SCRIPT, 14)}
       containers:
         - name: routes
           image: ${IMAGE}
-          command: ["node", "/etc/kube-cni/kube-cni", "routes", "--node", "$(NODE_NAME)", "--backend", "$(BACKEND)", "--watch", "10"]
+          command:
+            - /bin/sh
+            - -c
+            - |
+${indent(ROUTES_SCRIPT, 14)}
           env:
             - name: NODE_NAME
               valueFrom:
                 fieldRef:
                   fieldPath: spec.nodeName
+            - name: NETWORK
+              valueFrom:
+                configMapKeyRef:
+                  name: kube-cni
+                  key: network
             - name: BACKEND
               valueFrom:
                 configMapKeyRef:
@@ -161,8 +202,9 @@ ${indent(INIT_SCRIPT, 14)}
           volumeMounts:
             - name: bundle
               mountPath: /etc/kube-cni
-            - name: xtables-lock
-              mountPath: /run/xtables.lock
+            - name: host-root
+              mountPath: /host
+              readOnly: true
       volumes:
         - name: cni-bin
           hostPath:
@@ -172,10 +214,10 @@ ${indent(INIT_SCRIPT, 14)}
           hostPath:
             path: /etc/cni/net.d
             type: DirectoryOrCreate
-        - name: xtables-lock
+        - name: host-root
           hostPath:
-            path: /run/xtables.lock
-            type: FileOrCreate
+            path: /
+            type: Directory
         - name: bundle
           configMap:
             name: kube-cni

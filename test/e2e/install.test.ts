@@ -5,7 +5,7 @@ import { join } from 'node:path'
 import { test } from 'uvu'
 import * as assert from 'uvu/assert'
 import { YAML } from 'zx'
-import { INIT_SCRIPT, MANIFEST } from '../../deploy/manifests.ts'
+import { INIT_SCRIPT, MANIFEST, ROUTES_SCRIPT } from '../../deploy/manifests.ts'
 import { readNodeList } from '../../lib/kube.ts'
 import { startApiServer } from '../helpers/apiserver.ts'
 import { PLUGIN, ROOT, TMP, sh } from '../helpers/cluster.ts'
@@ -245,8 +245,8 @@ test('the DaemonSet: stock image, host network, tolerates all, node-critical, NE
   assert.is(spec.priorityClassName, 'system-node-critical')
   for (const c of [...spec.initContainers, ...spec.containers]) assert.is(c.image, 'node:20-bookworm-slim')
   assert.equal(spec.containers[0].securityContext.capabilities.add, ['NET_ADMIN', 'NET_RAW'])
-  assert.equal(spec.volumes.filter((v: any) => v.hostPath).map((v: any) => v.hostPath.path).sort(), ['/etc/cni/net.d', '/opt/cni/bin', '/run/xtables.lock'])
-  assert.equal(spec.containers[0].command.slice(2), ['routes', '--node', '$(NODE_NAME)', '--backend', '$(BACKEND)', '--watch', '10'])
+  assert.equal(spec.volumes.filter((v: any) => v.hostPath).map((v: any) => v.hostPath.path).sort(), ['/', '/etc/cni/net.d', '/opt/cni/bin'])
+  assert.is(spec.containers[0].command[2], ROUTES_SCRIPT)
   assert.is(spec.initContainers[0].command[2], INIT_SCRIPT)
 })
 
@@ -258,10 +258,11 @@ test('the DaemonSet\'s init script, under a temp root and a stand-in API server,
   try {
     const env = {
       ...api.env,
-      PATH: '/usr/local/bin:/usr/bin:/bin',
+      PATH: '/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin', // node:20-bookworm-slim's
       HOST_BIN: join(root, 'host/opt/cni/bin'),
       HOST_CONF: join(root, 'host/etc/cni/net.d'),
       NODE_ON_HOST: join(root, 'host/opt/cni/bin/kube-cni.d/node'),
+      HOST_ROOT: '/',
       BUNDLE: PLUGIN,
       NODE_NAME: 'kind-worker',
       NETWORK: '10.200.0.0/16',
