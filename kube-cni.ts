@@ -22,7 +22,7 @@ import {
   readInvocation,
   versionAtLeast,
 } from './lib/cni.ts'
-import { waitForExit } from './lib/exec.ts'
+import { run, waitForExit } from './lib/exec.ts'
 import { formatAddress, formatCidr, normalizeCidr } from './lib/ip.ts'
 import { type Attachment, type Owner, Store } from './lib/ipam.ts'
 import { type PodPlan, linkExists, netnsProblem, newHostVethName, readMaster, readPod, setupPod, teardownPod } from './lib/link.ts'
@@ -136,12 +136,28 @@ async function cmdCheck(inv: Invocation, conf: NetConf): Promise<void> {
     if (holder?.containerId !== inv.containerId || holder?.ifname !== inv.ifname) throw fail(`${ip} is not reserved for it in ${store.dir}`)
     if (!inKernel.has(wanted)) throw fail(`${wanted} is not on ${inv.ifname} (it has ${pod.addresses.join(', ') || 'none'})`)
   }
+  // An empty or partial prevResult must not pass for an attachment that holds addresses.
+  const listed = new Set(prev.ips.map(({ address }) => address.slice(0, address.indexOf('/'))))
+  const unlisted = record.ips.filter((ip) => !listed.has(ip))
+  if (unlisted.length) throw fail(`it holds ${unlisted.join(', ')}, which prevResult does not list`)
+  for (const iface of prev.interfaces) {
+    const where = iface.sandbox ? inv.netns : 'the host netns'
+    const mac = await readMac(iface.name, iface.sandbox ? inv.netns : undefined)
+    if (mac === undefined) throw fail(`prevResult lists interface ${iface.name}, which is not in ${where}`)
+    if (iface.mac && iface.mac.toLowerCase() !== mac.toLowerCase()) throw fail(`${iface.name} in ${where} has MAC ${mac}, prevResult says ${iface.mac}`)
+  }
   for (const pool of conf.pools) {
     const gw = formatAddress(pool.family, pool.gateway)
     if (!pod.gateways.includes(gw)) throw fail(`no default route via ${gw} in the pod`)
   }
   const master = record.hostVeth && (await readMaster(record.hostVeth))
   if (master !== conf.bridge) throw fail(`host veth ${record.hostVeth} is not attached to ${conf.bridge}`)
+}
+
+/** The MAC of a link in the host netns or in `netns`; undefined when there is no such link. */
+async function readMac(name: string, netns?: string): Promise<string | undefined> {
+  const r = await run([...(netns ? ['nsenter', `--net=${netns}`] : []), 'ip', '-j', 'link', 'show', 'dev', name])
+  return r.code === 0 ? (JSON.parse(r.stdout)[0]?.address ?? '') : undefined
 }
 
 // ---- GC and STATUS (CNI 1.1.0) ---------------------------------------------------------------------------

@@ -3,7 +3,7 @@ import { existsSync, readFileSync, readdirSync } from 'node:fs'
 import { join } from 'node:path'
 import { test } from 'uvu'
 import * as assert from 'uvu/assert'
-import { Node, TMP, cleanupAll, nsPath, sh } from '../helpers/cluster.ts'
+import { Node, TMP, cleanupAll, must, nsPath, sh } from '../helpers/cluster.ts'
 
 test.after.each(cleanupAll)
 
@@ -190,6 +190,36 @@ test('CHECK with a prevResult whose ips entries are not objects with a string ad
     assert.match(r.json.msg, /"prevResult\.ips\[0\]/)
     assert.not.ok(r.json.details, 'no stack trace')
   }
+})
+
+test('CHECK fails when prevResult lists no IPs but the attachment holds some', async () => {
+  const node = new Node({ cniVersion: '1.0.0' })
+  const { pod, result } = await node.addPod('c1')
+  const check = (prevResult: object) => node.cni({ command: 'CHECK', containerId: 'c1', netns: nsPath(pod) }, { ...node.conf, prevResult })
+  assert.is((await check(result)).code, 0)
+  const r = await check({ ...result, ips: [] })
+  assert.is(r.json?.code, 104, r.stdout)
+  assert.match(r.json.msg, new RegExp(`${result.ips[0].address.split('/')[0].replace(/\./g, '\\.')}, which prevResult does not list`))
+})
+
+test('CHECK checks the interfaces prevResult lists: each by name, and its MAC where given', async () => {
+  const node = new Node({ cniVersion: '1.0.0' })
+  const { pod, result } = await node.addPod('c1')
+  const check = (prevResult: object) => node.cni({ command: 'CHECK', containerId: 'c1', netns: nsPath(pod) }, { ...node.conf, prevResult })
+  const [bridge, veth, eth0] = result.interfaces
+  assert.is(eth0.sandbox, nsPath(pod))
+
+  const gone = await check({ ...result, interfaces: [bridge, veth, { name: 'nosuch0', sandbox: nsPath(pod) }] })
+  assert.is(gone.json?.code, 104, gone.stdout)
+  assert.match(gone.json.msg, /interface nosuch0, which is not in \/var\/run\/netns\//)
+  const goneHost = await check({ ...result, interfaces: [{ name: 'nosuch0' }, veth, eth0] })
+  assert.match(goneHost.json?.msg ?? '', /interface nosuch0, which is not in the host netns/)
+
+  must(['ip', '-n', pod, 'link', 'set', 'dev', 'eth0', 'address', '02:00:00:00:00:99'])
+  const moved = await check(result)
+  assert.is(moved.json?.code, 104, moved.stdout)
+  assert.match(moved.json.msg, new RegExp(`eth0 in .* has MAC 02:00:00:00:00:99, prevResult says ${eth0.mac}`))
+  assert.is((await check({ ...result, interfaces: [bridge, veth, { name: 'eth0', sandbox: nsPath(pod) }] })).code, 0, 'no MAC given: the name is enough')
 })
 
 test('stdin that is not JSON gets code 6, a missing variable code 4', async () => {
