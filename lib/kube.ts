@@ -1,9 +1,10 @@
 // Where kube-cni learns the nodes: a Kubernetes NodeList, exactly as `kubectl get nodes -o json` prints
 // it, read from a file, from stdin, by running kubectl, or, inside a pod, from the API server with the
-// pod's service account (a small client on node's https: GET only, nodes only).
+// pod's service account or a kubeconfig (a small client on node's https: GET only, nodes only).
+import type { IncomingMessage } from 'node:http'
 import { readFileSync } from 'node:fs'
 import { request } from 'node:https'
-import { join } from 'node:path'
+import { dirname, join, resolve } from 'node:path'
 import { run } from './exec.ts'
 
 export interface KubeNode {
@@ -31,43 +32,229 @@ export function readNodeListFile(path: string): NodeList {
   return parseNodeList(readFileSync(path === '-' ? 0 : path, 'utf8'), path === '-' ? 'stdin' : path)
 }
 
-/** From kubectl when asked for, else from the API when running in a pod, else from kubectl on PATH. */
-export async function readNodeList(opts: { kubectl?: string }): Promise<NodeList> {
-  if (!opts.kubectl && process.env.KUBERNETES_SERVICE_HOST) return parseNodeList(await apiGet('/api/v1/nodes'), 'the API server')
+/** From kubectl when asked for, else from the API (a kubeconfig, or in a pod), else from kubectl on PATH. */
+export async function readNodeList(opts: { kubectl?: string; kubeconfig?: string }): Promise<NodeList> {
+  const api = apiServerFor(opts)
+  if (api) return parseNodeList(await apiGet(api, '/api/v1/nodes'), 'the API server')
   return readNodeListKubectl(opts.kubectl ?? 'kubectl')
 }
 
 export async function readNode(name: string, opts: { kubectl?: string }): Promise<KubeNode> {
-  if (!opts.kubectl && process.env.KUBERNETES_SERVICE_HOST) return JSON.parse(await apiGet(`/api/v1/nodes/${encodeURIComponent(name)}`))
+  const api = apiServerFor(opts)
+  if (api) return JSON.parse(await apiGet(api, `/api/v1/nodes/${encodeURIComponent(name)}`))
   const r = await run([opts.kubectl ?? 'kubectl', 'get', 'node', name, '-o', 'json'])
   if (r.code !== 0) throw new Error(`kubectl get node ${name} failed: ${r.stderr.trim()}`)
   return JSON.parse(r.stdout)
 }
 
+// ---- the API client ----------------------------------------------------------------------------------
+
+/** Where the API server is and how to prove who we are: what a kubeconfig or a service account gives. */
+export interface ApiServer {
+  host: string
+  port: number
+  ca?: Buffer
+  cert?: Buffer
+  key?: Buffer
+  token?: () => string // read on every request: a service account's bound token is rotated under us
+  insecure?: boolean
+}
+
+/** A kubeconfig when given, else the service account when in a pod; none when kubectl was asked for. */
+export function apiServerFor(opts: { kubectl?: string; kubeconfig?: string }): ApiServer | undefined {
+  if (opts.kubeconfig) return loadKubeconfig(opts.kubeconfig)
+  if (!opts.kubectl && process.env.KUBERNETES_SERVICE_HOST) return inClusterServer()
+  return undefined
+}
+
 /** The service account's files; KUBE_CNI_SA_DIR moves them, for the test's stand-in API server only. */
 const SA_DIR = () => process.env.KUBE_CNI_SA_DIR ?? '/var/run/secrets/kubernetes.io/serviceaccount'
 
-/** GET a path from the API server the way every in-cluster client does: its service, token and CA. */
-export async function apiGet(path: string): Promise<string> {
-  const host = process.env.KUBERNETES_SERVICE_HOST!
-  const port = process.env.KUBERNETES_SERVICE_PORT ?? '443'
-  const token = readFileSync(join(SA_DIR(), 'token'), 'utf8').trim()
-  const ca = readFileSync(join(SA_DIR(), 'ca.crt'))
+/** The way every in-cluster client finds the API server: its service's variables, the token and the CA. */
+export function inClusterServer(): ApiServer {
+  const dir = SA_DIR()
+  return {
+    host: process.env.KUBERNETES_SERVICE_HOST!,
+    port: Number(process.env.KUBERNETES_SERVICE_PORT ?? '443'),
+    ca: readFileSync(join(dir, 'ca.crt')),
+    token: () => readFileSync(join(dir, 'token'), 'utf8').trim(),
+  }
+}
+
+export function loadKubeconfig(path: string): ApiServer {
+  let text: string
+  try {
+    text = readFileSync(path, 'utf8')
+  } catch (e) {
+    throw new Error(`cannot read the kubeconfig ${path}: ${(e as Error).message}`)
+  }
+  let doc: unknown
+  try {
+    doc = text.trimStart().startsWith('{') ? JSON.parse(text) : parseKubeconfigYaml(text)
+  } catch (e) {
+    throw new Error(`${path} is not a kubeconfig kube-cni can read: ${(e as Error).message}`)
+  }
+  return kubeconfigServer(doc, path)
+}
+
+/**
+ * The YAML that kubectl and kubeadm write for a kubeconfig: block mappings and sequences, plain or quoted
+ * scalars, comments. A YAML library would triple the bundle for this one file; anything beyond that subset
+ * is refused, naming the line, with the way out.
+ */
+export function parseKubeconfigYaml(text: string): unknown {
+  const lines = text
+    .split('\n')
+    .map((raw, k) => ({ raw: raw.replace(/\r$/, ''), n: k + 1 }))
+    .filter((l) => !/^\s*(#.*)?$/.test(l.raw) && !/^(---|\.\.\.)\s*$/.test(l.raw))
+  const indentOf = (k: number) => /^ */.exec(lines[k].raw)![0].length
+  const bad = (k: number, why: string) =>
+    new Error(`line ${lines[k].n}: ${why}; write it as \`kubectl config view --raw --flatten -o json\` does (JSON is read as well)`)
+  const dash = (k: number, indent: number) => indentOf(k) === indent && /^-( |$)/.test(lines[k].raw.slice(indent))
+  let i = 0
+  const scalar = (text: string, k: number): unknown => {
+    if (/^["]/.test(text)) {
+      try {
+        return JSON.parse(text)
+      } catch {
+        throw bad(k, 'a double-quoted string kube-cni cannot read')
+      }
+    }
+    if (text.startsWith("'")) {
+      if (!/^'(?:[^']|'')*'$/.test(text)) throw bad(k, 'an unterminated single-quoted string')
+      return text.slice(1, -1).replace(/''/g, "'")
+    }
+    if (/^(\{\}|\[\])(\s+#.*)?$/.test(text)) return text.startsWith('{') ? {} : [] // kubectl writes `preferences: {}`
+    if (/^[[{&*!|>%@`]/.test(text)) throw bad(k, `"${text[0]}" (flow collections, anchors, tags and block scalars are not read)`)
+    const plain = text.replace(/\s+#.*$/, '')
+    return plain === 'true' ? true : plain === 'false' ? false : plain === 'null' || plain === '~' ? null : plain
+  }
+  const block = (indent: number): unknown => (dash(i, indent) ? list(indent) : map(indent))
+  const map = (indent: number): Record<string, unknown> => {
+    const obj: Record<string, unknown> = {}
+    while (i < lines.length && indentOf(i) >= indent) {
+      if (indentOf(i) > indent) throw bad(i, 'unexpected indentation')
+      const m = /^("[^"]*"|'[^']*'|[^\s'"#][^:]*?):(?:\s+(.*))?$/.exec(lines[i].raw.slice(indent))
+      if (!m) throw bad(i, 'not a "key: value" line')
+      const key = String(scalar(m[1], i))
+      const k = i++
+      const value = m[2]?.trim()
+      if (value && !value.startsWith('#')) obj[key] = scalar(value, k)
+      else if (i < lines.length && (indentOf(i) > indent || dash(i, indent))) obj[key] = block(indentOf(i))
+      else obj[key] = null
+    }
+    return obj
+  }
+  const list = (indent: number): unknown[] => {
+    const arr: unknown[] = []
+    while (i < lines.length && dash(i, indent)) {
+      const rest = lines[i].raw.slice(indent + 1)
+      const item = rest.trim()
+      if (!item) {
+        i++
+        arr.push(i < lines.length && indentOf(i) > indent ? block(indentOf(i)) : null)
+      } else if (/^("[^"]*"|'[^']*'|[^\s'"#][^:]*?):(\s|$)/.test(item)) {
+        // "- key: value" opens a mapping whose keys line up with "key": read the line as if the dash were a space.
+        const column = indent + 1 + /^ */.exec(rest)![0].length
+        lines[i] = { ...lines[i], raw: ' '.repeat(column) + item }
+        arr.push(map(column))
+      } else arr.push(scalar(item, i++))
+    }
+    return arr
+  }
+  if (!lines.length) throw new Error('it is empty')
+  const doc = block(indentOf(0))
+  if (i < lines.length) throw bad(i, 'unexpected indentation')
+  return doc
+}
+
+/**
+ * The current context's cluster and user of a parsed kubeconfig. Files it names are relative to the
+ * kubeconfig's own directory, as kubectl reads them; `*-data` fields hold the same PEM in base64.
+ */
+export function kubeconfigServer(doc: any, path: string): ApiServer {
+  const bad = (why: string) => new Error(`kubeconfig ${path}: ${why}`)
+  const named = (list: string, name: unknown) => {
+    const entry = (Array.isArray(doc?.[list]) ? doc[list] : []).find((e: any) => e?.name === name)
+    if (!entry) throw bad(`no ${list.replace(/s$/, '')} named ${JSON.stringify(name)} in "${list}"`)
+    return entry
+  }
+  if (typeof doc?.['current-context'] !== 'string' || !doc['current-context']) throw bad('no "current-context"')
+  const context = named('contexts', doc['current-context']).context ?? {}
+  const cluster = named('clusters', context.cluster).cluster ?? {}
+  const user = context.user === undefined ? {} : named('users', context.user).user ?? {}
+  let url: URL
+  try {
+    url = new URL(cluster.server)
+  } catch {
+    throw bad(`the cluster's "server" ${JSON.stringify(cluster.server)} is not a URL`)
+  }
+  if (url.protocol !== 'https:') throw bad(`the cluster's "server" ${url.href} is not https: kube-cni talks to the API server over TLS only`)
+  if (user.exec || user['auth-provider'])
+    throw bad('the user authenticates with an exec or auth-provider plugin, which kube-cni does not run: use a token or a client certificate')
+  const base = dirname(resolve(path))
+  const pem = (field: string, from: any): Buffer | undefined => {
+    if (typeof from[`${field}-data`] === 'string') return Buffer.from(from[`${field}-data`], 'base64')
+    if (typeof from[field] !== 'string') return undefined
+    try {
+      return readFileSync(resolve(base, from[field]))
+    } catch (e) {
+      throw bad(`cannot read its ${field} ${from[field]}: ${(e as Error).message}`)
+    }
+  }
+  const server: ApiServer = {
+    host: url.hostname.replace(/^\[(.*)\]$/, '$1'),
+    port: Number(url.port || 443),
+    ca: pem('certificate-authority', cluster),
+    cert: pem('client-certificate', user),
+    key: pem('client-key', user),
+    insecure: cluster['insecure-skip-tls-verify'] === true,
+  }
+  if (!server.cert !== !server.key) throw bad('a client certificate needs both client-certificate and client-key')
+  if (typeof user.token === 'string') server.token = () => user.token
+  else if (typeof user.tokenFile === 'string') {
+    const file = resolve(base, user.tokenFile)
+    server.token = () => readFileSync(file, 'utf8').trim()
+  }
+  return server
+}
+
+export const serverURL = (s: ApiServer) => `https://${s.host.includes(':') ? `[${s.host}]` : s.host}:${s.port}`
+
+/** Sends a GET; resolves with the response once its status line is in, so a watch can be streamed. */
+export function apiRequest(s: ApiServer, path: string, timeoutMs: number): Promise<IncomingMessage> {
   return new Promise((resolve, reject) => {
+    const headers: Record<string, string> = { Accept: 'application/json', 'User-Agent': 'kube-cni' }
+    const token = s.token?.()
+    if (token) headers.Authorization = `Bearer ${token}`
     const req = request(
-      { host, port, path, ca, headers: { Authorization: `Bearer ${token}`, Accept: 'application/json' }, timeout: 10_000 },
-      (res) => {
-        let body = ''
-        res.setEncoding('utf8').on('data', (d) => (body += d))
-        res.on('end', () =>
-          res.statusCode === 200 ? resolve(body) : reject(new Error(`GET https://${host}:${port}${path}: HTTP ${res.statusCode}: ${body.slice(0, 200)}`)),
-        )
-      },
+      { host: s.host, port: s.port, path, ca: s.ca, cert: s.cert, key: s.key, rejectUnauthorized: !s.insecure, headers, timeout: timeoutMs },
+      resolve,
     )
-    req.on('timeout', () => req.destroy(new Error(`GET https://${host}:${port}${path}: timed out`)))
+    // The timeout is for silence on the socket: a watch that hears nothing, not even a bookmark, is dead.
+    req.on('timeout', () => req.destroy(new Error(`GET ${serverURL(s)}${path}: no answer in ${timeoutMs / 1000}s`)))
     req.on('error', reject)
     req.end()
   })
+}
+
+/** GET a path and return its body; anything but 200 is an error quoting the API server's answer. */
+export async function apiGet(s: ApiServer, path: string, timeoutMs = 30_000): Promise<string> {
+  const res = await apiRequest(s, path, timeoutMs)
+  let body = ''
+  res.setEncoding('utf8')
+  for await (const d of res) body += d
+  if (res.statusCode !== 200) throw new ApiError(res.statusCode ?? 0, `GET ${serverURL(s)}${path}: HTTP ${res.statusCode}: ${body.slice(0, 200)}`)
+  return body
+}
+
+export class ApiError extends Error {
+  constructor(
+    readonly status: number,
+    message: string,
+  ) {
+    super(message)
+  }
 }
 
 export async function readNodeListKubectl(kubectl: string): Promise<NodeList> {

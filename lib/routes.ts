@@ -20,7 +20,7 @@ import { CONFLIST_NAME } from './conflist.ts'
 import { type Step, explain, explainSteps, run } from './exec.ts'
 import { type Cidr, type Family, contains, containsAddress, formatAddress, formatCidr, macFromAddress, parseAddress, parseCidr } from './ip.ts'
 import { type NodeList, internalIPs, podCIDRs } from './kube.ts'
-import { parseNetConf } from './netconf.ts'
+import { type NetConf, parseNetConf } from './netconf.ts'
 
 export const ROUTE_PROTO = 211
 export const VXLAN_DEV = 'kube-cni.1'
@@ -320,22 +320,34 @@ async function batch(tool: string, steps: Step[]): Promise<void> {
 /** The node's conflist, where `kube-cni routes` finds the cluster network when --network is not given. */
 export const NODE_CONFLIST = join('/etc/cni/net.d', CONFLIST_NAME)
 
-export const ROUTES_USAGE = `kube-cni routes --node NAME [--network CIDR[,CIDR]] [--nodes-json FILE|- | --kubectl PATH]
-                [--backend host-gw|vxlan] [--watch SECONDS] [--dry-run] [--explain]
+export const ROUTES_USAGE = `kube-cni routes --node NAME [--network CIDR[,CIDR]] [--nodes-json FILE|- | --kubectl PATH | --kubeconfig FILE]
+                [--backend host-gw|vxlan] [--watch [SECONDS]] [--resync DURATION] [--metrics-addr HOST:PORT]
+                [--conflist FILE] [--dry-run] [--explain]
   Makes this netns's routes to every other node's podCIDR match a Kubernetes NodeList.
-  Nodes come from FILE (- for stdin), from \`kubectl get nodes -o json\`, or, inside a pod, from the API.
-  Only podCIDRs inside the cluster network become routes: --network, or else the one in ${NODE_CONFLIST}.`
+  Nodes come from FILE (- for stdin), from \`kubectl get nodes -o json\`, or from the API server: with
+  --kubeconfig FILE, or inside a pod with its service account.
+  Only podCIDRs inside the cluster network become routes: --network, or else the one in the conflist
+  (--conflist, default ${NODE_CONFLIST}).
+  --watch               keeps going: lists the nodes once, then watches the API server (needs an API source);
+                        a full relist at most every --resync (default 10m)
+  --watch SECONDS       keeps going by reading the nodes again every SECONDS (any source)
+  --metrics-addr        serves /healthz, /readyz and /metrics (Prometheus) there, e.g. 127.0.0.1:9101`
 
-/** The cluster's pod ranges from the text of a kube-cni conflist, validated as the plugin validates them. */
-export function networksFromConflist(text: string, source: string): Cidr[] {
+/** The kube-cni plugin's configuration in the text of a conflist, validated as the plugin validates it. */
+export function netConfFromConflist(text: string, source: string): NetConf {
   try {
     const list = JSON.parse(text)
     const conf = (Array.isArray(list?.plugins) ? list.plugins : []).find((p: any) => p?.type === 'kube-cni')
     if (!conf) throw new Error('it has no plugin of type kube-cni')
-    return parseNetConf(JSON.stringify({ cniVersion: list.cniVersion, name: list.name, ...conf })).pools.map((p) => p.network)
+    return parseNetConf(JSON.stringify({ cniVersion: list.cniVersion, name: list.name, ...conf }))
   } catch (e) {
     throw new Error(`${source}: ${(e as Error).message}; pass the cluster network with --network CIDR[,CIDR]`)
   }
+}
+
+/** The cluster's pod ranges from the text of a kube-cni conflist. */
+export function networksFromConflist(text: string, source: string): Cidr[] {
+  return netConfFromConflist(text, source).pools.map((p) => p.network)
 }
 
 function parseNetworks(text: string): Cidr[] {
@@ -346,23 +358,37 @@ function parseNetworks(text: string): Cidr[] {
 }
 
 /** --network, else the node's conflist; undefined (and a warning) when neither is there. */
-function clusterNetworks(flag: string | undefined): Cidr[] | undefined {
+function clusterNetworks(flag: string | undefined, conflist: string): Cidr[] | undefined {
   if (flag !== undefined) return parseNetworks(flag)
-  if (existsSync(NODE_CONFLIST)) return networksFromConflist(readFileSync(NODE_CONFLIST, 'utf8'), NODE_CONFLIST)
-  process.stderr.write(`kube-cni routes: the cluster network is unknown (no --network, no ${NODE_CONFLIST}): podCIDRs are not checked against it\n`)
+  if (existsSync(conflist)) return networksFromConflist(readFileSync(conflist, 'utf8'), conflist)
+  process.stderr.write(`kube-cni routes: the cluster network is unknown (no --network, no ${conflist}): podCIDRs are not checked against it\n`)
   return undefined
 }
 
+/** 600, 30s, 10m, 1h: a duration in milliseconds. */
+function parseDuration(flag: string, text: string): number {
+  const m = /^(\d+(?:\.\d+)?)(s|m|h)?$/.exec(text)
+  const ms = m ? Number(m[1]) * { s: 1000, m: 60_000, h: 3_600_000 }[m[2] as 's' | 'm' | 'h' ?? 's'] : NaN
+  if (!(ms >= 1000)) throw new Error(`${flag} takes a duration of at least 1s (600, 30s, 10m, 1h), not ${JSON.stringify(text)}`)
+  return ms
+}
+
 export async function routesCommand(argv: string[]): Promise<number> {
+  // A bare --watch (no SECONDS after it) means list-then-watch; parseArgs wants every string option to have a value.
+  const args = argv.map((a, i) => (a === '--watch' && !/^\d/.test(argv[i + 1] ?? '') ? '--watch=' : a))
   const { values: o } = parseArgs({
-    args: argv,
+    args,
     options: {
       node: { type: 'string' },
       network: { type: 'string' },
       'nodes-json': { type: 'string' },
       kubectl: { type: 'string' },
+      kubeconfig: { type: 'string' },
       backend: { type: 'string', default: 'host-gw' },
       watch: { type: 'string' },
+      resync: { type: 'string', default: '10m' },
+      'metrics-addr': { type: 'string' },
+      conflist: { type: 'string', default: NODE_CONFLIST },
       'dry-run': { type: 'boolean', default: false },
       explain: { type: 'boolean', default: false },
       help: { type: 'boolean', short: 'h', default: false },
@@ -371,26 +397,31 @@ export async function routesCommand(argv: string[]): Promise<number> {
   if (o.help) return process.stdout.write(`${ROUTES_USAGE}\n`), 0
   if (!o.node) throw new Error(`--node is required\n${ROUTES_USAGE}`)
   if (o.backend !== 'host-gw' && o.backend !== 'vxlan') throw new Error(`--backend must be host-gw or vxlan, not ${o.backend}`)
+  if ([o['nodes-json'], o.kubectl, o.kubeconfig].filter((s) => s !== undefined).length > 1)
+    throw new Error('give one source of nodes: --nodes-json, --kubectl or --kubeconfig')
   if (o.explain) explain.enabled = true
-  const watch = o.watch === undefined ? 0 : Number(o.watch)
-  if (!(watch >= 0)) throw new Error(`--watch takes a number of seconds, not ${o.watch}`)
-  const networks = clusterNetworks(o.network)
+  const seconds = o.watch ? Number(o.watch) : 0
+  if (!(seconds >= 0)) throw new Error(`--watch takes a number of seconds, or nothing to watch the API server; not ${o.watch}`)
+  const resyncMs = parseDuration('--resync', o.resync)
+  const networks = clusterNetworks(o.network, o.conflist)
   const kube = await import('./kube.ts')
+  const api = o['nodes-json'] === undefined ? kube.apiServerFor({ kubectl: o.kubectl, kubeconfig: o.kubeconfig }) : undefined
   const readNodes = () =>
     o['nodes-json'] !== undefined
       ? Promise.resolve(kube.readNodeListFile(o['nodes-json']))
-      : kube.readNodeList({ kubectl: o.kubectl })
-  for (;;) {
-    try {
-      const report = await reconcile(await readNodes(), o.node, o.backend, networks, o['dry-run'])
-      for (const s of report.skipped) process.stderr.write(`kube-cni routes: skipped ${s.node}: ${s.reason}\n`)
-      if (o['dry-run']) for (const c of report.changes) process.stdout.write(`${c}\n`)
-      else process.stderr.write(`kube-cni routes: ${report.changes.length ? `${report.changes.length} changes` : 'no changes'}\n`)
-    } catch (e) {
-      if (!watch) throw e
-      process.stderr.write(`kube-cni routes: ${(e as Error).message}; retrying in ${watch}s\n`)
-    }
-    if (!watch) return 0
-    await new Promise((r) => setTimeout(r, watch * 1000))
+      : kube.readNodeList({ kubectl: o.kubectl, kubeconfig: o.kubeconfig })
+  const { runAgent, reconcileLogged } = await import('./agent.ts')
+  const agent = { node: o.node, backend: o.backend as Backend, networks, dryRun: o['dry-run'], metricsAddr: o['metrics-addr'], conflist: o.conflist }
+  if (o.watch === undefined) {
+    if (o['metrics-addr']) throw new Error('--metrics-addr is for the agent: add --watch')
+    await reconcileLogged(await readNodes(), agent)
+    return 0
   }
+  if (o.watch === '') {
+    if (!api)
+      throw new Error('--watch without SECONDS lists and watches the API server: give --kubeconfig FILE or run in a pod; with --nodes-json or --kubectl give --watch SECONDS')
+    return runAgent({ ...agent, source: { api, resyncMs } })
+  }
+  if (api) process.stderr.write(`kube-cni routes: polling the API server every ${seconds}s; --watch without SECONDS lists once and then watches\n`)
+  return runAgent({ ...agent, source: { poll: readNodes, everyMs: seconds * 1000 } })
 }
