@@ -120,9 +120,9 @@ export async function runAgent(o: AgentOptions): Promise<never> {
     if (existsSync(o.conflist)) {
       const conf = netConfFromConflist(readFileSync(o.conflist, 'utf8'), o.conflist)
       const store = new Store(conf.dataDir, conf.name)
-      for (const pool of conf.pools) {
-        pools.push([{ subnet: formatCidr(pool.subnet) }, store.capacity(pool), store.countReserved(pool)])
-      }
+      // A store this process cannot see (a container without the host's dataDir) says nothing, not "0 used".
+      if (existsSync(store.dir))
+        for (const pool of conf.pools) pools.push([{ subnet: formatCidr(pool.subnet) }, store.capacity(pool), store.countReserved(pool)])
     }
     m.poolSize.replace(pools.map(([l, size]) => [l, size]))
     m.poolUsed.replace(pools.map(([l, , used]) => [l, used]))
