@@ -13,6 +13,8 @@ const ROOT = join(__dirname, '..')
 export const MANIFEST = join(ROOT, 'deploy', 'kube-cni.yaml')
 const IMAGE = 'node:20-bookworm-slim'
 const MAX_CONFIGMAP = 1 << 20
+/** The routes agent's /healthz, /readyz and /metrics, on the node's loopback (the pod has the host's network). */
+const METRICS_PORT = 9101
 
 /**
  * The init container's script, a plain sh script so a test can run it under a temp root. HOST_BIN and
@@ -58,7 +60,7 @@ for tool in ip bridge; do
   printf '#!/bin/sh\\nexec chroot /host %s "$@"\\n' "$path" > "$tools/$tool"
   chmod 0755 "$tools/$tool"
 done
-PATH="$tools:$PATH" exec node /etc/kube-cni/kube-cni routes --node "$NODE_NAME" --network "$NETWORK" --backend "$BACKEND" --watch 10
+PATH="$tools:$PATH" exec node /etc/kube-cni/kube-cni routes --node "$NODE_NAME" --network "$NETWORK" --backend "$BACKEND" --watch --metrics-addr 127.0.0.1:${METRICS_PORT}
 `
 
 const indent = (text: string, n: number) =>
@@ -192,6 +194,20 @@ ${indent(ROUTES_SCRIPT, 14)}
                 configMapKeyRef:
                   name: kube-cni
                   key: backend
+          # The kubelet probes from the node, where the agent's loopback address is the node's own.
+          livenessProbe:
+            httpGet:
+              host: 127.0.0.1
+              port: ${METRICS_PORT}
+              path: /healthz
+            periodSeconds: 30
+            failureThreshold: 3
+          readinessProbe:
+            httpGet:
+              host: 127.0.0.1
+              port: ${METRICS_PORT}
+              path: /readyz
+            periodSeconds: 10
           securityContext:
             capabilities:
               add: ["NET_ADMIN", "NET_RAW"]
