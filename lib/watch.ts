@@ -141,8 +141,15 @@ export class NodeWatcher {
       this.opts.log(`ignored a watch event that is not a Node change: ${line.slice(0, 200)}`)
       return false
     }
-    if (e.type === 'DELETED') this.nodes.delete(o.metadata.name)
-    else this.nodes.set(o.metadata.name, slim(o))
+    const name = o.metadata.name
+    if (e.type === 'DELETED') {
+      if (!this.nodes.delete(name)) return false
+    } else {
+      // Most MODIFIED events are a kubelet's status updates (conditions, images): nothing routes depend on.
+      const node = slim(o)
+      if (JSON.stringify(node) === JSON.stringify(this.nodes.get(name))) return false
+      this.nodes.set(name, node)
+    }
     this.opts.onChange()
     return false
   }

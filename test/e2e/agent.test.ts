@@ -27,7 +27,7 @@ function metric(text: string, sample: string): number | undefined {
   return line === undefined ? undefined : Number(line.slice(sample.length + 1))
 }
 
-async function until(what: string, cond: () => boolean | Promise<boolean>, deadlineMs = 60_000): Promise<void> {
+async function until(what: string, cond: () => boolean | Promise<boolean>, deadlineMs = 120_000): Promise<void> {
   const end = Date.now() + deadlineMs
   while (!(await cond())) {
     if (Date.now() > end) throw new Error(`${what}: not within ${deadlineMs / 1000}s; the agent said:\n${ctx.log.slice(-2000)}`)
@@ -80,6 +80,20 @@ test('a node added by a watch event gets its route; a deleted node loses it', as
   await until('the deleted node\'s route gone', () => !hasRoute(7))
   assert.is(kubeRoutes().length, PEERS - 1)
   assert.is(await lists(), 1, 'events, not lists')
+})
+
+test('a Node update that changes nothing routes depend on (a kubelet\'s status) causes no reconcile', async () => {
+  const reconciles = () => metric(get(ctx.node!.ns, '/metrics').body, 'kube_cni_reconciles_total') ?? -1
+  const before = reconciles()
+  const heartbeat = simNode(5)
+  heartbeat.status.conditions = [{ type: 'Ready', status: 'True', lastHeartbeatTime: new Date().toISOString() }]
+  await ctx.api!.add(heartbeat)
+  await new Promise((r) => setTimeout(r, 1000)) // ten times the debounce: a reconcile would have started
+  await ctx.api!.add(simNode(PEERS + 1))
+  await until('the next real change routed', () => hasRoute(PEERS + 1))
+  await ctx.api!.remove(`node-${PEERS + 1}`)
+  await until('and its route gone again', () => !hasRoute(PEERS + 1))
+  assert.is(reconciles(), before + 2, 'one reconcile for each real change, none for the status update')
 })
 
 test('a 410 leads to one relist, and the table is correct after it', async () => {
