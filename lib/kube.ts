@@ -54,9 +54,10 @@ export interface ApiServer {
   host: string
   port: number
   ca?: Buffer
-  cert?: Buffer
-  key?: Buffer
-  token?: () => string // read on every request: a service account's bound token is rotated under us
+  // Both read on every request: a service account's bound token, and a kubelet's client certificate
+  // (/var/lib/kubelet/pki/kubelet-client-current.pem), are rotated under a long-running agent.
+  clientCert?: () => { cert: Buffer; key: Buffer }
+  token?: () => string
   insecure?: boolean
 }
 
@@ -193,24 +194,34 @@ export function kubeconfigServer(doc: any, path: string): ApiServer {
   if (user.exec || user['auth-provider'])
     throw bad('the user authenticates with an exec or auth-provider plugin, which kube-cni does not run: use a token or a client certificate')
   const base = dirname(resolve(path))
-  const pem = (field: string, from: any): Buffer | undefined => {
-    if (typeof from[`${field}-data`] === 'string') return Buffer.from(from[`${field}-data`], 'base64')
-    if (typeof from[field] !== 'string') return undefined
-    try {
-      return readFileSync(resolve(base, from[field]))
-    } catch (e) {
-      throw bad(`cannot read its ${field} ${from[field]}: ${(e as Error).message}`)
+  /** A PEM from its `-data` field or its file; a file is read again on each call. */
+  const pem = (field: string, from: any): (() => Buffer) | undefined => {
+    if (typeof from[`${field}-data`] === 'string') {
+      const data = Buffer.from(from[`${field}-data`], 'base64')
+      return () => data
     }
+    if (typeof from[field] !== 'string') return undefined
+    const file = resolve(base, from[field])
+    const read = () => {
+      try {
+        return readFileSync(file)
+      } catch (e) {
+        throw bad(`cannot read its ${field} ${from[field]}: ${(e as Error).message}`)
+      }
+    }
+    read()
+    return read
   }
+  const cert = pem('client-certificate', user)
+  const key = pem('client-key', user)
+  if (!cert !== !key) throw bad('a client certificate needs both client-certificate and client-key')
   const server: ApiServer = {
     host: url.hostname.replace(/^\[(.*)\]$/, '$1'),
     port: Number(url.port || 443),
-    ca: pem('certificate-authority', cluster),
-    cert: pem('client-certificate', user),
-    key: pem('client-key', user),
+    ca: pem('certificate-authority', cluster)?.(),
+    clientCert: cert && key ? () => ({ cert: cert(), key: key() }) : undefined,
     insecure: cluster['insecure-skip-tls-verify'] === true,
   }
-  if (!server.cert !== !server.key) throw bad('a client certificate needs both client-certificate and client-key')
   if (typeof user.token === 'string') server.token = () => user.token
   else if (typeof user.tokenFile === 'string') {
     const file = resolve(base, user.tokenFile)
@@ -228,7 +239,7 @@ export function apiRequest(s: ApiServer, path: string, timeoutMs: number): Promi
     const token = s.token?.()
     if (token) headers.Authorization = `Bearer ${token}`
     const req = request(
-      { host: s.host, port: s.port, path, ca: s.ca, cert: s.cert, key: s.key, rejectUnauthorized: !s.insecure, headers, timeout: timeoutMs },
+      { host: s.host, port: s.port, path, ca: s.ca, ...s.clientCert?.(), rejectUnauthorized: !s.insecure, headers, timeout: timeoutMs },
       resolve,
     )
     // The timeout is for silence on the socket: a watch that hears nothing, not even a bookmark, is dead.

@@ -1,4 +1,7 @@
 // The pure parts of the routes agent: the kubeconfig it reads, the backoff, the metrics text, skip kinds.
+import { mkdtempSync, rmSync, writeFileSync } from 'node:fs'
+import { tmpdir } from 'node:os'
+import { join } from 'node:path'
 import { test } from 'uvu'
 import * as assert from 'uvu/assert'
 import { skipKinds } from '../../lib/agent.ts'
@@ -32,8 +35,28 @@ test('a kubeconfig as kubectl writes it: the current context\'s server, CA and c
   const s = kubeconfigServer(parseKubeconfigYaml(KIND), 'kind.yaml')
   assert.is(s.host, '127.0.0.1')
   assert.is(s.port, 40123)
-  assert.equal([s.ca?.toString(), s.cert?.toString(), s.key?.toString()], ['CA', 'CERT', 'KEY'])
+  const client = s.clientCert?.()
+  assert.equal([s.ca?.toString(), client?.cert.toString(), client?.key.toString()], ['CA', 'CERT', 'KEY'])
   assert.is(s.token, undefined)
+})
+
+test('a client certificate file is read again on each request: the kubelet rotates its own', () => {
+  const dir = mkdtempSync(join(tmpdir(), 'kube-cni-unit-'))
+  try {
+    writeFileSync(join(dir, 'client.pem'), 'OLD')
+    const doc = {
+      'current-context': 'c',
+      contexts: [{ name: 'c', context: { cluster: 'k', user: 'u' } }],
+      clusters: [{ name: 'k', cluster: { server: 'https://h:1' } }],
+      users: [{ name: 'u', user: { 'client-certificate': 'client.pem', 'client-key': 'client.pem' } }],
+    }
+    const s = kubeconfigServer(doc, join(dir, 'kubeconfig'))
+    assert.is(s.clientCert?.().cert.toString(), 'OLD')
+    writeFileSync(join(dir, 'client.pem'), 'NEW')
+    assert.is(s.clientCert?.().key.toString(), 'NEW')
+  } finally {
+    rmSync(dir, { recursive: true, force: true })
+  }
 })
 
 test('kubeconfig YAML: indented lists, quotes, comments, booleans, an IPv6 server and a token', () => {
