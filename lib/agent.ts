@@ -80,10 +80,11 @@ export async function runAgent(o: AgentOptions): Promise<never> {
   const stallMs = 'api' in o.source ? o.source.resyncMs + 120_000 : o.source.everyMs * 3 + 60_000
 
   const known = new Map<string, string>()
-  const pass = async (nodes: NodeList) => {
+  // Reading the Nodes is part of the pass when polling: a list that fails is a reconcile that failed.
+  const pass = async (read: () => NodeList | Promise<NodeList>) => {
     m.reconciles.inc()
     try {
-      const report = await reconcileLogged(nodes, o, known)
+      const report = await reconcileLogged(await read(), o, known)
       lastSuccess = Date.now()
       failingSince = undefined
       failures = 0
@@ -139,15 +140,16 @@ export async function runAgent(o: AgentOptions): Promise<never> {
       },
     })
 
-  if ('poll' in o.source) {
+  const source = o.source
+  if ('poll' in source) {
     for (;;) {
       turn()
       try {
-        await pass(await o.source.poll())
+        await pass(source.poll)
       } catch (e) {
-        say(`${(e as Error).message}; retrying in ${o.source.everyMs / 1000}s`)
+        say(`${(e as Error).message}; retrying in ${source.everyMs / 1000}s`)
       }
-      await new Promise((r) => setTimeout(r, (o.source as { everyMs: number }).everyMs))
+      await new Promise((r) => setTimeout(r, source.everyMs))
     }
   }
 
@@ -165,7 +167,7 @@ export async function runAgent(o: AgentOptions): Promise<never> {
     while (dirty) {
       dirty = false
       try {
-        await pass(watcher!.current())
+        await pass(() => watcher!.current())
       } catch (e) {
         const wait = backoffMs(failures)
         say(`${(e as Error).message}; retrying in ${(wait / 1000).toFixed(1)}s`)
@@ -175,6 +177,6 @@ export async function runAgent(o: AgentOptions): Promise<never> {
     }
     running = false
   }
-  watcher = new NodeWatcher(o.source.api, { resyncMs: o.source.resyncMs, onChange: () => kick(), onTurn: turn, log: say })
+  watcher = new NodeWatcher(source.api, { resyncMs: source.resyncMs, onChange: () => kick(), onTurn: turn, log: say })
   return watcher.run()
 }

@@ -146,4 +146,19 @@ test('/readyz is 503 until a reconcile succeeds', async () => {
   }
 })
 
+test('polling: a NodeList that cannot be read is a failed reconcile, and /readyz says so', async () => {
+  const ns = ctx.node!.ns
+  const missing = join(TMP, `${ns}-no-such-nodes.json`)
+  const poller = spawn('nsenter', [`--net=${nsPath(ns)}`, PLUGIN, 'routes', '--node', 'node-0', '--network', '10.0.0.0/8', '--nodes-json', missing,
+    '--watch', '1', '--metrics-addr', '127.0.0.1:9103'], { stdio: 'ignore' })
+  try {
+    const ask = (path: string) => get(ns, path, '127.0.0.1:9103')
+    await until('a failed poll counted', () => (metric(ask('/metrics').body ?? '', 'kube_cni_reconcile_errors_total') ?? 0) >= 1)
+    assert.equal(ask('/readyz').status, 503)
+    assert.match(ask('/readyz').body, /no reconcile has succeeded yet \(\d+ failed\)/)
+  } finally {
+    poller.kill('SIGKILL')
+  }
+})
+
 test.run()
