@@ -105,7 +105,14 @@ async function cmdDel(inv: Invocation, conf: NetConf): Promise<void> {
   const record = store.readRecord(owner(inv))
   // An ADD killed mid-way leaves its `ip` children running; let them finish before undoing their work.
   await waitForExit(record?.pids ?? [])
-  await teardownPod(inv.netns, inv.ifname, record?.hostVeth)
+  try {
+    await teardownPod(inv.netns, inv.ifname, record?.hostVeth)
+  } catch (e) {
+    // A pod that is gone must get its IPs back even when the kernel will not let go of its veth. The record
+    // stays, so a retried DEL still knows the veth; free() only ever removes what is still this owner's.
+    for (const ip of record?.ips ?? []) store.free(ip, owner(inv))
+    throw e
+  }
   release(store, owner(inv), record)
 }
 

@@ -179,16 +179,24 @@ export async function setupPod(p: PodPlan, onSpawn: (pid: number) => void): Prom
   return { bridgeMac: host.json[0][0].address, hostVethMac: host.json[1][0].address, podMac: pod.json[0][0].address }
 }
 
-/** Deleting either end of a veth deletes both. Missing links and netns are not errors: DEL must be idempotent. */
+/**
+ * Deleting either end of a veth deletes both, so when the record names the host end, the host alone decides:
+ * if that end is gone, so is the pair, and the netns (a stale mount point by now, perhaps) is not entered.
+ * Only without it is the pod end looked for by name. Missing links and netns are not errors: DEL must be
+ * idempotent.
+ */
 export async function teardownPod(netns: string, ifname: string, hostVeth?: string): Promise<void> {
-  if (hostVeth && linkExists(hostVeth)) {
+  if (hostVeth) {
+    if (!linkExists(hostVeth)) return
     const r = await ipBatch([{ line: `link del dev ${hostVeth}`, why: 'new: the bash DEL never removed the veth' }])
     if (r.code !== 0 && linkExists(hostVeth)) throw kernelError(`cannot delete ${hostVeth}`, r)
     return
   }
-  if (!netns || !existsSync(netns)) return
+  if (!netns || netnsProblem(netns)) return
   const r = await ipBatch([{ line: `link del dev ${ifname}`, why: 'new: the bash DEL never removed the veth' }], netns)
-  if (r.code !== 0 && !/Cannot find device|does not exist/.test(r.error)) throw kernelError(`cannot delete ${ifname} in ${netns}`, r)
+  // `reassociate ... failed`: a bind mount of another kind of namespace, which holds no interface at all.
+  if (r.code !== 0 && !/Cannot find device|does not exist|reassociate to namespace/.test(r.error))
+    throw kernelError(`cannot delete ${ifname} in ${netns}`, r)
 }
 
 // ---- reading back, for CHECK ---------------------------------------------------------------------------------

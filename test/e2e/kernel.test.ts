@@ -5,13 +5,14 @@ import { existsSync, mkdirSync, readFileSync, readdirSync, symlinkSync, writeFil
 import { join } from 'node:path'
 import { test } from 'uvu'
 import * as assert from 'uvu/assert'
-import { Node, PLUGIN, TMP, cleanupAll, ipj, nsPath, ping, sh } from '../helpers/cluster.ts'
+import { Node, PLUGIN, TMP, cleanupAll, delNetns, ipj, nsPath, ping, sh } from '../helpers/cluster.ts'
 
 test.after.each(cleanupAll)
 
 const storeDir = (node: Node) => join(String(node.conf.dataDir), 'k8s-pod-network')
 const reserved = (node: Node) => (existsSync(storeDir(node)) ? readdirSync(storeDir(node)).filter((f) => /^\d+\.\d+\.\d+\.\d+$/.test(f)) : [])
 const veths = (node: Node) => node.ip('link', 'show', 'type', 'veth')
+const attachments = (node: Node) => (existsSync(join(storeDir(node), 'attachments')) ? readdirSync(join(storeDir(node), 'attachments')) : [])
 
 // Each is a prefix of an iproute2 keyword, so `ip link set NAME up` without `dev` parses it as that keyword.
 const KEYWORD_NAMES = ['a', 'br', 'vf', 'up', 'dev', 'mtu', 'link', 'master', 'nomaster', 'netns', 'promisc', 'carrier', 'name', 'type', 'help', 'down', 'arp', 'group', 'alias', 'address', 'txqlen']
@@ -62,13 +63,17 @@ function pathWithout(tool: string): string {
   return bin
 }
 
+/** The plugin run with a PATH that lacks `tool`. Started by hand: the helper's nsenter would be looked up in that PATH. */
+function cniWithout(tool: string, node: Node, env: Record<string, string>) {
+  const vars = Object.entries({ PATH: pathWithout(tool), ...env }).map(([k, v]) => `${k}=${v}`)
+  const r = sh(['nsenter', `--net=${nsPath(node.ns)}`, 'env', '-i', ...vars, PLUGIN], JSON.stringify(node.conf))
+  return { ...r, json: JSON.parse(r.stdout || 'null') }
+}
+
 for (const [tool, pkg] of [['ip', 'iproute2'], ['nsenter', 'util-linux'], ['flock', 'util-linux']]) {
   test(`a missing ${tool} is a CNI error naming it and the Debian package ${pkg}, with no stack`, async () => {
     const node = new Node()
-    // Started by hand: the helper's own nsenter would be looked up in the PATH it gives the plugin.
-    const env = { PATH: pathWithout(tool), CNI_COMMAND: 'ADD', CNI_CONTAINERID: 'c1', CNI_NETNS: nsPath(node.pod()), CNI_IFNAME: 'eth0' }
-    const run = sh(['nsenter', `--net=${nsPath(node.ns)}`, 'env', '-i', ...Object.entries(env).map(([k, v]) => `${k}=${v}`), PLUGIN], JSON.stringify(node.conf))
-    const add = { ...run, json: JSON.parse(run.stdout) }
+    const add = cniWithout(tool, node, { CNI_COMMAND: 'ADD', CNI_CONTAINERID: 'c1', CNI_NETNS: nsPath(node.pod()), CNI_IFNAME: 'eth0' })
     assert.is(add.code, 1)
     assert.is(add.json.code, 100, add.stdout)
     assert.match(add.json.msg, new RegExp(`needs ${tool}\\b`))
@@ -100,6 +105,52 @@ test('a CNI_NETNS that is not a network namespace is refused with a message that
   }
   assert.equal(reserved(node), [])
   assert.equal(veths(node), [])
+})
+
+/** Paths that are not a network namespace: a stale mount point (the empty file left when its mount is gone), others. */
+function notNetns(): string[] {
+  const stale = join(TMP, 'stale-netns')
+  writeFileSync(stale, '')
+  const dir = join(TMP, 'netns-dir')
+  mkdirSync(dir, { recursive: true })
+  return [stale, '/proc/self/ns/uts', dir]
+}
+
+test('DEL succeeds and frees the IP when CNI_NETNS is a stale mount point or not a netns at all', async () => {
+  const node = new Node()
+  for (const [i, netns] of notNetns().entries()) {
+    // The pod netns is destroyed (and its veth pair with it), leaving the runtime with a dead path.
+    const { pod } = await node.addPod(`gone${i}`)
+    delNetns(pod)
+    const del = await node.cni({ command: 'DEL', containerId: `gone${i}`, netns })
+    assert.is(del.code, 0, `${netns}: ${del.stdout}${del.stderr}`)
+    // Nothing on record at all: a DEL the runtime repeats.
+    const again = await node.cni({ command: 'DEL', containerId: `gone${i}`, netns })
+    assert.is(again.code, 0, `${netns}: ${again.stdout}${again.stderr}`)
+
+    // The netns path went stale while the pod's veth pair lives on: the host end is enough to remove it.
+    const alive = await node.addPod(`alive${i}`)
+    const delAlive = await node.cni({ command: 'DEL', containerId: `alive${i}`, netns })
+    assert.is(delAlive.code, 0, `${netns}: ${delAlive.stdout}${delAlive.stderr}`)
+    assert.is(ipj(alive.pod, 'link', 'show').length, 1, 'only lo is left in the pod')
+  }
+  assert.equal(reserved(node), [])
+  assert.equal(attachments(node), [])
+  assert.equal(veths(node), [])
+})
+
+test('DEL frees the IP even when the kernel teardown fails, reports that error, and a retried DEL removes the veth', async () => {
+  const node = new Node()
+  const { pod } = await node.addPod('c1')
+  const del = cniWithout('ip', node, { CNI_COMMAND: 'DEL', CNI_CONTAINERID: 'c1', CNI_NETNS: nsPath(pod), CNI_IFNAME: 'eth0' })
+  assert.is(del.code, 1)
+  assert.match(del.json.msg, /needs ip\b/)
+  assert.equal(reserved(node), [], 'the IP is free')
+  assert.is(veths(node).length, 1, 'the veth is still there')
+  const retry = await node.cni({ command: 'DEL', containerId: 'c1', netns: '' })
+  assert.is(retry.code, 0, retry.stdout + retry.stderr)
+  assert.equal(veths(node), [])
+  assert.equal(attachments(node), [])
 })
 
 test.run()
