@@ -3,7 +3,7 @@
 // two child processes. Every line is also a line a learner can type; explain mode prints them.
 import { closeSync, existsSync, openSync, readSync, readlinkSync, statSync } from 'node:fs'
 import { CniError, Code } from './cni.ts'
-import { type Step, explainSteps, run } from './exec.ts'
+import { type Proc, type Step, explainSteps, run } from './exec.ts'
 import { log } from './log.ts'
 import { formatAddress, macFromAddress } from './ip.ts'
 import type { NetConf, Pool } from './netconf.ts'
@@ -71,7 +71,7 @@ export interface BatchResult {
 }
 
 /** Runs `ip -j -batch -` in the host netns, or inside `netns` (any path) through nsenter. */
-export async function ipBatch(steps: Step[], netns?: string, onSpawn?: (pid: number) => void): Promise<BatchResult> {
+export async function ipBatch(steps: Step[], netns?: string, onSpawn?: (proc: Proc) => void): Promise<BatchResult> {
   const prefix = netns ? ['nsenter', `--net=${netns}`, 'ip'] : ['ip']
   explainSteps(steps.map((s) => ({ ...s, line: `${prefix.join(' ')} ${s.line}` })))
   const started = Date.now()
@@ -164,7 +164,7 @@ export function podSteps(p: PodPlan): Step[] {
   ]
 }
 
-export async function setupPod(p: PodPlan, onSpawn: (pid: number) => void): Promise<PodLinks> {
+export async function setupPod(p: PodPlan, onSpawn: (proc: Proc) => void): Promise<PodLinks> {
   const host = await ipBatch(hostSteps(p), undefined, onSpawn)
   if (host.code !== 0) {
     if (host.failedLine === 1 && /File exists/.test(host.error) && !linkExists(p.hostVeth))

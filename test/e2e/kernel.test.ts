@@ -1,11 +1,11 @@
 // The plugin against what real nodes and runtimes do to it: interface names that look like iproute2
 // keywords, netns paths that are not (or no longer) network namespaces, killed ADDs, missing tools, and
 // hostile text that reaches the log.
-import { existsSync, mkdirSync, readFileSync, readdirSync, symlinkSync, writeFileSync } from 'node:fs'
+import { closeSync, constants, chmodSync, existsSync, mkdirSync, openSync, readFileSync, readdirSync, symlinkSync, writeFileSync, writeSync } from 'node:fs'
 import { join } from 'node:path'
 import { test } from 'uvu'
 import * as assert from 'uvu/assert'
-import { Node, PLUGIN, TMP, cleanupAll, delNetns, ipj, nsPath, ping, sh } from '../helpers/cluster.ts'
+import { Node, PLUGIN, TMP, cleanupAll, delNetns, ipj, must, nsPath, ping, sh } from '../helpers/cluster.ts'
 
 test.after.each(cleanupAll)
 
@@ -151,6 +151,58 @@ test('DEL frees the IP even when the kernel teardown fails, reports that error, 
   assert.is(retry.code, 0, retry.stdout + retry.stderr)
   assert.equal(veths(node), [])
   assert.equal(attachments(node), [])
+})
+
+test('a successful ADD leaves no pids in its record: a recycled pid can never hold up its DEL', async () => {
+  const node = new Node()
+  await node.addPod('c1')
+  const [key] = attachments(node)
+  const record = JSON.parse(readFileSync(join(storeDir(node), 'attachments', key), 'utf8'))
+  assert.is(record.pids, undefined, JSON.stringify(record))
+  assert.ok(record.hostVeth)
+})
+
+test('an ADD killed while its `ip` is stuck leaves no veth once DEL has returned, even when that `ip` resumes', async () => {
+  const node = new Node()
+  await node.addPod('warm-up') // the bridge and the node rules, so the next ADD's first `ip` is the veth batch
+  // An `ip` that, the first time only, waits at a gate the test holds, then becomes the real ip.
+  const dir = join(TMP, 'slow-ip')
+  mkdirSync(dir, { recursive: true })
+  const gate = join(dir, 'gate')
+  must(['mkfifo', gate])
+  const realIp = must(['sh', '-c', 'command -v ip']).trim()
+  const bin = pathWithout('ip')
+  writeFileSync(join(bin, 'ip'), `#!/bin/sh\nif mkdir ${dir}/taken 2>/dev/null; then echo $$ > ${dir}/pid; read line < ${gate}; fi\nexec ${realIp} "$@"\n`)
+  chmodSync(join(bin, 'ip'), 0o755)
+  const pod = node.pod()
+  const add = node.cni({ command: 'ADD', containerId: 'slow', netns: nsPath(pod), env: { PATH: bin } })
+  const record = join(storeDir(node), 'attachments', 'slow:eth0')
+  const stuck = () => existsSync(join(dir, 'pid')) && existsSync(record) && readFileSync(record, 'utf8').includes('"pids"')
+  for (let i = 0; i < 1000 && !stuck(); i++) await new Promise((r) => setTimeout(r, 10))
+  assert.ok(stuck(), 'the ADD reached its `ip` and recorded it')
+  const ipPid = readFileSync(join(dir, 'pid'), 'utf8').trim()
+  add.kill()
+  assert.is.not((await add).code, 0)
+
+  const del = await node.cni({ command: 'DEL', containerId: 'slow', netns: nsPath(pod) })
+  assert.is(del.code, 0, del.stdout + del.stderr)
+  // Open the gate: a stuck `ip` still alive now would create the veth after DEL returned.
+  let fd: number | undefined
+  try {
+    fd = openSync(gate, constants.O_WRONLY | constants.O_NONBLOCK)
+  } catch (e) {
+    assert.is((e as NodeJS.ErrnoException).code, 'ENXIO', 'nobody waits at the gate any more')
+  }
+  if (fd !== undefined) {
+    writeSync(fd, 'go\n')
+    closeSync(fd)
+    const running = () => existsSync(`/proc/${ipPid}`) && !/^\S+ \(.*\) Z/.test(readFileSync(`/proc/${ipPid}/stat`, 'utf8'))
+    while (running()) await new Promise((r) => setTimeout(r, 10))
+  }
+  assert.is(veths(node).length, 1, 'only the warm-up pod has a veth')
+  assert.is(ipj(pod, 'link', 'show').length, 1, 'only lo in the killed pod')
+  assert.equal(attachments(node), ['warm-up:eth0'])
+  assert.is(reserved(node).length, 1)
 })
 
 test.run()
