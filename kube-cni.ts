@@ -22,7 +22,7 @@ import {
   readInvocation,
   versionAtLeast,
 } from './lib/cni.ts'
-import { run, waitForExit } from './lib/exec.ts'
+import { killLeftovers, run } from './lib/exec.ts'
 import { formatAddress, formatCidr, normalizeCidr } from './lib/ip.ts'
 import { type Attachment, type Owner, Store } from './lib/ipam.ts'
 import { type PodPlan, linkExists, netnsProblem, newHostVethName, readMaster, readPod, setupPod, teardownPod } from './lib/link.ts'
@@ -48,6 +48,8 @@ async function cmdAdd(inv: Invocation, conf: NetConf): Promise<object> {
 
     // The veth pair into the sandbox, attached to the bridge, with the pod's address and default route.
     const { hostVeth, links } = await createVeth(inv, conf, ips, attachment)
+    // Its children are done: a pid recycled by then must not look like one to a later DEL.
+    attachment.clearPids()
 
     // The result, in the version the runtime asked for.
     return encodeResult(
@@ -103,9 +105,17 @@ async function cmdDel(inv: Invocation, conf: NetConf): Promise<void> {
   // DEL follows the IPAM record, never the netns: the netns may be gone, and CNI_NETNS may be empty.
   const store = new Store(conf.dataDir, conf.name)
   const record = store.readRecord(owner(inv))
-  // An ADD killed mid-way leaves its `ip` children running; let them finish before undoing their work.
-  await waitForExit(record?.pids ?? [])
-  await teardownPod(inv.netns, inv.ifname, record?.hostVeth)
+  // An ADD killed mid-way leaves its `ip` children running: stop them before undoing their work, or one that
+  // finishes later brings the veth back.
+  await killLeftovers(record?.pids ?? [])
+  try {
+    await teardownPod(inv.netns, inv.ifname, record?.hostVeth)
+  } catch (e) {
+    // A pod that is gone must get its IPs back even when the kernel will not let go of its veth. The record
+    // stays, so a retried DEL still knows the veth; free() only ever removes what is still this owner's.
+    for (const ip of record?.ips ?? []) store.free(ip, owner(inv))
+    throw e
+  }
   release(store, owner(inv), record)
 }
 

@@ -24,6 +24,7 @@ import {
 } from 'node:fs'
 import { join } from 'node:path'
 import { CniError, Code } from './cni.ts'
+import type { Proc } from './exec.ts'
 import { type Family, containsAddress, formatAddress, formatCidr, parseAddress } from './ip.ts'
 import { log } from './log.ts'
 import type { Pool } from './netconf.ts'
@@ -39,7 +40,7 @@ export interface AttachmentRecord {
   ifname?: string
   ips: string[] // reserved or being reserved, one per family
   hostVeth?: string
-  pids?: number[] // `ip` processes an ADD started; a DEL waits for any that outlived a killed ADD
+  pids?: Proc[] // `ip` processes a running ADD started; a DEL kills any that outlived a killed ADD
 }
 
 const errno = (e: unknown) => (e as NodeJS.ErrnoException).code
@@ -214,8 +215,14 @@ export class Attachment {
     this.save()
   }
 
-  addPid(pid: number): void {
-    this.record.pids = [...(this.record.pids ?? []), pid]
+  addPid(proc: Proc): void {
+    this.record.pids = [...(this.record.pids ?? []), proc]
+    this.save()
+  }
+
+  /** Once ADD has succeeded its children are done; a DEL must not even look for them. */
+  clearPids(): void {
+    delete this.record.pids
     this.save()
   }
 

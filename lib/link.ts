@@ -3,7 +3,7 @@
 // two child processes. Every line is also a line a learner can type; explain mode prints them.
 import { closeSync, existsSync, openSync, readSync, readlinkSync, statSync } from 'node:fs'
 import { CniError, Code } from './cni.ts'
-import { type Step, explainSteps, run } from './exec.ts'
+import { type Proc, type Step, explainSteps, run } from './exec.ts'
 import { log } from './log.ts'
 import { formatAddress, macFromAddress } from './ip.ts'
 import type { NetConf, Pool } from './netconf.ts'
@@ -71,7 +71,7 @@ export interface BatchResult {
 }
 
 /** Runs `ip -j -batch -` in the host netns, or inside `netns` (any path) through nsenter. */
-export async function ipBatch(steps: Step[], netns?: string, onSpawn?: (pid: number) => void): Promise<BatchResult> {
+export async function ipBatch(steps: Step[], netns?: string, onSpawn?: (proc: Proc) => void): Promise<BatchResult> {
   const prefix = netns ? ['nsenter', `--net=${netns}`, 'ip'] : ['ip']
   explainSteps(steps.map((s) => ({ ...s, line: `${prefix.join(' ')} ${s.line}` })))
   const started = Date.now()
@@ -164,7 +164,7 @@ export function podSteps(p: PodPlan): Step[] {
   ]
 }
 
-export async function setupPod(p: PodPlan, onSpawn: (pid: number) => void): Promise<PodLinks> {
+export async function setupPod(p: PodPlan, onSpawn: (proc: Proc) => void): Promise<PodLinks> {
   const host = await ipBatch(hostSteps(p), undefined, onSpawn)
   if (host.code !== 0) {
     if (host.failedLine === 1 && /File exists/.test(host.error) && !linkExists(p.hostVeth))
@@ -179,16 +179,24 @@ export async function setupPod(p: PodPlan, onSpawn: (pid: number) => void): Prom
   return { bridgeMac: host.json[0][0].address, hostVethMac: host.json[1][0].address, podMac: pod.json[0][0].address }
 }
 
-/** Deleting either end of a veth deletes both. Missing links and netns are not errors: DEL must be idempotent. */
+/**
+ * Deleting either end of a veth deletes both, so when the record names the host end, the host alone decides:
+ * if that end is gone, so is the pair, and the netns (a stale mount point by now, perhaps) is not entered.
+ * Only without it is the pod end looked for by name. Missing links and netns are not errors: DEL must be
+ * idempotent.
+ */
 export async function teardownPod(netns: string, ifname: string, hostVeth?: string): Promise<void> {
-  if (hostVeth && linkExists(hostVeth)) {
+  if (hostVeth) {
+    if (!linkExists(hostVeth)) return
     const r = await ipBatch([{ line: `link del dev ${hostVeth}`, why: 'new: the bash DEL never removed the veth' }])
     if (r.code !== 0 && linkExists(hostVeth)) throw kernelError(`cannot delete ${hostVeth}`, r)
     return
   }
-  if (!netns || !existsSync(netns)) return
+  if (!netns || netnsProblem(netns)) return
   const r = await ipBatch([{ line: `link del dev ${ifname}`, why: 'new: the bash DEL never removed the veth' }], netns)
-  if (r.code !== 0 && !/Cannot find device|does not exist/.test(r.error)) throw kernelError(`cannot delete ${ifname} in ${netns}`, r)
+  // `reassociate ... failed`: a bind mount of another kind of namespace, which holds no interface at all.
+  if (r.code !== 0 && !/Cannot find device|does not exist|reassociate to namespace/.test(r.error))
+    throw kernelError(`cannot delete ${ifname} in ${netns}`, r)
 }
 
 // ---- reading back, for CHECK ---------------------------------------------------------------------------------
