@@ -39,6 +39,27 @@ test('interface names that are iproute2 keywords work as CNI_IFNAME and bridge: 
   }
 })
 
+test('CNI_IFNAME takes names the kernel takes beyond A-Z a-z 0-9 _ . -: ADD, ping, CHECK, DEL', async () => {
+  const node = new Node()
+  for (const [i, name] of ['a@b', 'net+1', 'w=1', "it's", '\u00e9th0'].entries()) {
+    const pod = node.pod()
+    const env = { containerId: `c${i}`, netns: nsPath(pod), ifname: name }
+    const add = await node.cni({ command: 'ADD', ...env })
+    assert.is(add.code, 0, `${name}: ${add.stdout}${add.stderr}`)
+    assert.is(add.json.interfaces[2].name, name)
+    const [podIf] = ipj(pod, 'addr', 'show', 'dev', name)
+    assert.is(podIf.operstate, 'UP', name)
+    assert.ok(ping(pod, '10.200.1.1'), `${name}: the pod pings its gateway`)
+    const check = await node.cni({ command: 'CHECK', ...env }, { ...node.conf, prevResult: add.json })
+    assert.is(check.code, 0, `${name}: ${check.stdout}${check.stderr}`)
+    const del = await node.cni({ command: 'DEL', ...env })
+    assert.is(del.code, 0, `${name}: ${del.stdout}${del.stderr}`)
+    assert.is(ipj(pod, 'link', 'show').length, 1, `${name}: only lo is left in the pod`)
+  }
+  assert.equal(veths(node), [])
+  assert.equal(reserved(node), [])
+})
+
 test('CNI_ARGS with a newline cannot forge a line of the log file', async () => {
   const node = new Node()
   const forged = '2020-01-01T00:00:00.000Z INFO [1] ADD forged/eth0: ok'
