@@ -179,9 +179,18 @@ function vtepMac(cidrs: Cidr[]): string {
 
 // ---- the kernel's side ---------------------------------------------------------------------------------
 
+export interface CurrentRoute {
+  family: Family
+  dst: string
+  gateway?: string
+  dev?: string
+  proto: string // a number, as `ip -N` prints it
+  type?: string // set for blackhole, unreachable, ...
+}
+
 export interface Current {
   local: LocalAddress[]
-  routes: { family: Family; dst: string; gateway?: string; dev?: string }[]
+  routes: CurrentRoute[] // the main table, every protocol: kube-cni's are `proto` "211"
   vxlan?: { id?: number; local?: string; port?: number; mtu: number; mac: string; up: boolean; addresses: string[] }
   neighbours: { address: string; mac: string }[]
   fdb: { mac: string; dst: string }[]
@@ -203,10 +212,11 @@ export async function readCurrent(): Promise<Current> {
         return addr ? [{ ifname: l.ifname, mtu: l.mtu, family: addr.family, value: addr.value, prefix: a.prefixlen }] : []
       }),
   )
-  const routes = []
+  const routes: CurrentRoute[] = []
+  // -N: protocols as numbers, so 211 is recognised even where rt_protos gives it a name.
   for (const family of [4, 6] as Family[])
-    for (const r of await ipJson([`-${family}`, 'route', 'show', 'proto', String(ROUTE_PROTO)]))
-      routes.push({ family, dst: normalizeDst(r.dst, family), gateway: r.gateway, dev: r.dev })
+    for (const r of await ipJson(['-N', `-${family}`, 'route', 'show']))
+      routes.push({ family, dst: normalizeDst(r.dst, family), gateway: r.gateway, dev: r.dev, proto: r.protocol ?? '3', type: r.type })
   const dev = links.find((l: any) => l.ifname === VXLAN_DEV)
   if (!dev) return { local, routes, neighbours: [], fdb: [] }
   const info = dev.linkinfo?.info_data ?? {}
@@ -235,12 +245,29 @@ function normalizeDst(dst: string, family: Family): string {
   return c ? formatCidr(c) : dst
 }
 
-/** The commands that turn `current` into `plan`; none when they already match. Pure. */
-export function diff(plan: Plan, current: Current): { ip: Step[]; bridge: Step[] } {
+// The names `ip route` prints for the numbers `ip -N` gives, for the common ones.
+const PROTO_NAMES: Record<string, string> = { '2': 'kernel', '3': 'boot', '4': 'static', '16': 'dhcp' }
+const TYPE_NAMES: Record<string, string> = { '6': 'blackhole', '7': 'unreachable', '8': 'prohibit' }
+
+/** A route as `ip route` shows it, for the report that it is in the way. */
+function describe(r: CurrentRoute): string {
+  const type = r.type && r.type !== '1' ? (TYPE_NAMES[r.type] ?? `type ${r.type}`) : ''
+  const parts = [type, r.gateway ? `via ${r.gateway}` : '', r.dev ? `dev ${r.dev}` : '', `proto ${PROTO_NAMES[r.proto] ?? r.proto}`]
+  return parts.filter(Boolean).join(' ')
+}
+
+/**
+ * The commands that turn `current` into `plan`; none when they already match. Pure. A destination that
+ * already has a route kube-cni did not make is left alone, and reported: `ip route replace` matches on
+ * destination and metric, not on `proto`, so it would take over the admin's or the kernel's route.
+ */
+export function diff(plan: Plan, current: Current): { ip: Step[]; bridge: Step[]; skipped: Skip[] } {
   const ip: Step[] = []
   const bridge: Step[] = []
+  const skipped: Skip[] = []
   const why = 'bash: routes to other nodes were made by hand (ip route add <podCIDR> via <node IP>)'
-  let routes = current.routes
+  const foreign = current.routes.filter((r) => r.proto !== String(ROUTE_PROTO))
+  let routes = current.routes.filter((r) => r.proto === String(ROUTE_PROTO))
   const want = plan.vxlan
   const have = current.vxlan
   let fresh = false // the device is (re)created, so it has no neighbours, fdb entries or routes yet
@@ -276,7 +303,12 @@ export function diff(plan: Plan, current: Current): { ip: Step[]; bridge: Step[]
     for (const c of fdb)
       if (!want.fdb.some((f) => f.mac === c.mac && f.dst === c.dst)) bridge.push({ line: `fdb del ${c.mac} dev ${VXLAN_DEV} dst ${c.dst} self` })
   }
-  for (const r of plan.routes) {
+  const wanted = plan.routes.filter((r) => {
+    const other = foreign.find((f) => f.family === r.family && f.dst === r.dst)
+    if (other) skipped.push({ node: r.node, reason: `a route to ${r.dst} that kube-cni did not make is there (${describe(other)}): left alone` })
+    return !other
+  })
+  for (const r of wanted) {
     const c = routes.find((x) => x.dst === r.dst)
     const spec = `${r.dst} via ${r.via}${r.dev ? ` dev ${r.dev} onlink` : ''} proto ${ROUTE_PROTO}`
     if (c && c.gateway === r.via && (!r.dev || c.dev === r.dev)) continue
@@ -286,9 +318,9 @@ export function diff(plan: Plan, current: Current): { ip: Step[]; bridge: Step[]
     ip.push({ line: `route replace ${spec}`, why })
   }
   for (const c of routes)
-    if (!plan.routes.some((r) => r.dst === c.dst)) ip.push({ line: `route del ${c.dst} proto ${ROUTE_PROTO}`, why: 'the node is gone' })
+    if (!wanted.some((r) => r.dst === c.dst)) ip.push({ line: `route del ${c.dst} proto ${ROUTE_PROTO}`, why: 'the node is gone' })
   // The ip lines create the device that the fdb lines need, so ip runs first.
-  return { ip, bridge }
+  return { ip, bridge, skipped }
 }
 
 export interface ReconcileReport {
@@ -299,14 +331,21 @@ export interface ReconcileReport {
 export async function reconcile(nodes: NodeList, self: string, backend: Backend, networks: Cidr[] | undefined, dryRun = false): Promise<ReconcileReport> {
   const current = await readCurrent()
   const plan = planRoutes(nodes, self, backend, current.local, networks)
-  const { ip, bridge } = diff(plan, current)
+  const { ip, bridge, skipped } = diff(plan, current)
   const changes = [...ip.map((s) => `ip ${s.line}`), ...bridge.map((s) => `bridge ${s.line}`)]
   if (!dryRun) {
     explainSteps([...ip.map((s) => ({ ...s, line: `ip ${s.line}` })), ...bridge.map((s) => ({ ...s, line: `bridge ${s.line}` }))])
     await batch('ip', ip)
     await batch('bridge', bridge)
   }
-  return { changes, skipped: plan.skipped }
+  return { changes, skipped: mergeSkips([...plan.skipped, ...skipped]) }
+}
+
+/** One entry per Node, its reasons joined, so each skipped Node is one line in the log. */
+function mergeSkips(skips: Skip[]): Skip[] {
+  const byNode = new Map<string, string[]>()
+  for (const s of skips) byNode.set(s.node, [...(byNode.get(s.node) ?? []), s.reason])
+  return [...byNode].map(([node, reasons]) => ({ node, reason: reasons.join('; ') }))
 }
 
 async function batch(tool: string, steps: Step[]): Promise<void> {

@@ -111,6 +111,18 @@ test('a podCIDR of 0.0.0.0/0, this node\'s own, or outside the cluster network i
   assert.equal(otherRoutes(a.node.ns), before)
 })
 
+test('a route to a peer\'s podCIDR that kube-cni did not make is left alone and reported', async () => {
+  const { a, nodesJson } = twoNodes()
+  must(['ip', '-n', a.node.ns, 'route', 'add', '10.200.2.0/24', 'via', '192.0.2.77', 'proto', 'static'])
+  const r = routes(a, nodesJson)
+  assert.equal(ipj(a.node.ns, 'route', 'show', '10.200.2.0/24'), [{ dst: '10.200.2.0/24', gateway: '192.0.2.77', dev: 'eth0', protocol: 'static', flags: [] }])
+  assert.match(r.stderr, /skipped node-b: a route to 10\.200\.2\.0\/24 that kube-cni did not make is there \(via 192\.0\.2\.77 dev eth0 proto static\): left alone/)
+  // The admin removes theirs: the next run makes kube-cni's.
+  must(['ip', '-n', a.node.ns, 'route', 'del', '10.200.2.0/24', 'proto', 'static'])
+  routes(a, nodesJson)
+  assert.equal(kubeRoutes(a.node.ns), [{ dst: '10.200.2.0/24', gateway: '192.0.2.2', dev: 'eth0', flags: [] }])
+})
+
 test('a node that left the NodeList loses its route', async () => {
   const { a, nodesJson } = twoNodes()
   routes(a, nodesJson)

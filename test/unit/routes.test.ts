@@ -3,7 +3,7 @@ import { test } from 'uvu'
 import * as assert from 'uvu/assert'
 import { renderConflist } from '../../lib/conflist.ts'
 import { type Family, formatCidr, parseAddress, parseCidr } from '../../lib/ip.ts'
-import { type LocalAddress, type Plan, networksFromConflist, planRoutes } from '../../lib/routes.ts'
+import { type Current, type CurrentRoute, type LocalAddress, type Plan, diff, networksFromConflist, planRoutes } from '../../lib/routes.ts'
 
 const peer = (name: string, subnets: string[], ips: string[]) => ({
   metadata: { name },
@@ -88,6 +88,36 @@ test('the cluster network from the node\'s conflist, single- and dual-stack', ()
   assert.equal(networksFromConflist(two, 'x').map(formatCidr), ['10.200.0.0/16', 'fd00:200::/56'])
   for (const bad of ['{', '{"plugins":[{"type":"bridge"}]}', '{"cniVersion":"1.0.0","name":"n","plugins":[{"type":"kube-cni","subnet":"10.200.1.0/24","network":"10.9.0.0/16"}]}'])
     assert.throws(() => networksFromConflist(bad, '/etc/cni/net.d/10-kube-cni.conflist'), /10-kube-cni\.conflist: .*--network CIDR/)
+})
+
+const current = (routes: Omit<CurrentRoute, 'family'>[]): Current => ({
+  local: LOCAL,
+  routes: routes.map((r) => ({ family: r.dst.includes(':') ? 6 : 4, ...r })),
+  neighbours: [],
+  fdb: [],
+})
+
+test('diff: a route to the destination that kube-cni did not make is left alone and reported, whatever its protocol', () => {
+  const p = plan([peer('node-b', ['10.200.2.0/24'], ['192.0.2.2']), peer('node-c', ['10.200.3.0/24'], ['192.0.2.3'])])
+  const d = diff(p, current([
+    { dst: '10.200.2.0/24', gateway: '192.0.2.77', dev: 'eth0', proto: '4' },
+    { dst: '10.200.3.0/24', proto: '3', type: '6' },
+  ]))
+  assert.equal(d.ip, [])
+  assert.equal(d.skipped, [
+    { node: 'node-b', reason: 'a route to 10.200.2.0/24 that kube-cni did not make is there (via 192.0.2.77 dev eth0 proto static): left alone' },
+    { node: 'node-c', reason: 'a route to 10.200.3.0/24 that kube-cni did not make is there (blackhole proto boot): left alone' },
+  ])
+})
+
+test('diff: kube-cni\'s own route next to a foreign one for the same destination is removed, never the foreign one', () => {
+  const p = plan([peer('node-b', ['10.200.2.0/24'], ['192.0.2.2'])])
+  const d = diff(p, current([
+    { dst: '10.200.2.0/24', gateway: '192.0.2.2', dev: 'eth0', proto: '211' },
+    { dst: '10.200.2.0/24', gateway: '192.0.2.77', dev: 'eth0', proto: '4' },
+    { dst: '10.200.9.0/24', gateway: '192.0.2.9', dev: 'eth0', proto: '4' },
+  ]))
+  assert.equal(d.ip.map((s) => s.line), ['route del 10.200.2.0/24 proto 211'])
 })
 
 test.run()
