@@ -19,7 +19,7 @@ import { parseArgs } from 'node:util'
 import { CONFLIST_NAME } from './conflist.ts'
 import { type Step, explain, explainSteps, run } from './exec.ts'
 import { type Cidr, type Family, contains, containsAddress, formatAddress, formatCidr, macFromAddress, parseAddress, parseCidr } from './ip.ts'
-import { type NodeList, internalIPs, podCIDRs } from './kube.ts'
+import { type NodeList, internalIPs, nodeName, podCIDRs } from './kube.ts'
 import { parseNetConf } from './netconf.ts'
 
 export const ROUTE_PROTO = 211
@@ -60,10 +60,15 @@ export interface Plan {
     mac: string
     mtu: number
     vteps: { family: Family; address: string }[] // this node's own VTEP addresses
-    neighbours: { address: string; mac: string }[]
-    fdb: { mac: string; dst: string }[]
+    neighbours: { address: string; mac: string; node?: string }[]
+    fdb: { mac: string; dst: string; node?: string }[]
   }
   skipped: Skip[]
+}
+
+/** A kernel change, and the peer it is for (none for the device itself): a failure is reported per peer. */
+export interface Change extends Step {
+  node?: string
 }
 
 /** Ranges a pod range can never be: a route there would hijack traffic the node itself depends on. */
@@ -99,7 +104,7 @@ function cidrProblem(c: Cidr, own: Cidr[], networks: Cidr[] | undefined, local: 
  * needs, is skipped with the reason.
  */
 export function planRoutes(nodes: NodeList, self: string, backend: Backend, local: LocalAddress[], networks?: Cidr[]): Plan {
-  const me = nodes.items.find((n) => n.metadata?.name === self)
+  const me = nodes.items.find((n) => nodeName(n) === self)
   if (!me) throw new Error(`node ${self} is not in the NodeList: pass the name Kubernetes knows it by with --node`)
   const plan: Plan = { routes: [], skipped: [] }
   const myIPs = internalIPs(me).flatMap((t) => parseAddress(t) ?? [])
@@ -121,17 +126,24 @@ export function planRoutes(nodes: NodeList, self: string, backend: Backend, loca
     }
   }
 
-  for (const peer of nodes.items) {
-    const name = peer.metadata?.name
-    if (!name || name === self) continue
+  for (const [i, peer] of nodes.items.entries()) {
+    const name = nodeName(peer)
+    if (name === self) continue
+    if (!name) {
+      const what = peer && typeof peer === 'object' ? `its metadata.name ${quote((peer as any).metadata?.name)} is not a Node name` : 'it is not a Node object'
+      plan.skipped.push({ node: `NodeList item ${i}`, reason: what })
+      continue
+    }
     const problems: string[] = []
-    const all = podCIDRs(peer).flatMap((t) => parseCidr(t) ?? [])
+    const texts = podCIDRs(peer)
+    for (const t of texts) if (!parseCidr(t)) problems.push(`podCIDR ${quote(t)} is not a CIDR`)
+    const all = texts.flatMap((t) => parseCidr(t) ?? [])
     const cidrs = all.filter((c) => {
       const problem = cidrProblem(c, myCidrs, networks, local)
       if (problem) problems.push(problem)
       return !problem
     })
-    if (!all.length) problems.push('no podCIDR yet')
+    if (!texts.length) problems.push('no podCIDR yet')
     const ips = internalIPs(peer).flatMap((t) => parseAddress(t) ?? [])
     if (plan.vxlan && cidrs.length) {
       const underlayFamily = parseAddress(plan.vxlan.local)!.family
@@ -140,10 +152,10 @@ export function planRoutes(nodes: NodeList, self: string, backend: Backend, loca
       else {
         // The peer derives its VTEP MAC from all its podCIDRs, so this side must too.
         const mac = vtepMac(all)
-        plan.vxlan.fdb.push({ mac, dst: formatAddress(dst.family, dst.value) })
+        plan.vxlan.fdb.push({ mac, dst: formatAddress(dst.family, dst.value), node: name })
         for (const c of cidrs) {
           const vtep = formatAddress(c.family, c.network)
-          plan.vxlan.neighbours.push({ address: vtep, mac })
+          plan.vxlan.neighbours.push({ address: vtep, mac, node: name })
           plan.routes.push({ node: name, family: c.family, dst: formatCidr(c), via: vtep, dev: VXLAN_DEV })
         }
       }
@@ -164,6 +176,9 @@ export function planRoutes(nodes: NodeList, self: string, backend: Backend, loca
   }
   return plan
 }
+
+/** Text from the NodeList, quoted and cut short, so it cannot forge or flood a log line. */
+const quote = (v: unknown) => (JSON.stringify(v) ?? String(v)).slice(0, 80)
 
 /** The connected network of a local address: 192.0.2.10/24 -> 192.0.2.0/24. */
 function subnetOf(l: LocalAddress): Cidr {
@@ -261,9 +276,9 @@ function describe(r: CurrentRoute): string {
  * already has a route kube-cni did not make is left alone, and reported: `ip route replace` matches on
  * destination and metric, not on `proto`, so it would take over the admin's or the kernel's route.
  */
-export function diff(plan: Plan, current: Current): { ip: Step[]; bridge: Step[]; skipped: Skip[] } {
-  const ip: Step[] = []
-  const bridge: Step[] = []
+export function diff(plan: Plan, current: Current): { ip: Change[]; bridge: Change[]; skipped: Skip[] } {
+  const ip: Change[] = []
+  const bridge: Change[] = []
   const skipped: Skip[] = []
   const why = 'bash: routes to other nodes were made by hand (ip route add <podCIDR> via <node IP>)'
   const foreign = current.routes.filter((r) => r.proto !== String(ROUTE_PROTO))
@@ -293,13 +308,13 @@ export function diff(plan: Plan, current: Current): { ip: Step[]; bridge: Step[]
     const neighbours = fresh ? [] : current.neighbours
     for (const n of want.neighbours)
       if (!neighbours.some((c) => c.address === n.address && c.mac === n.mac))
-        ip.push({ line: `neigh replace ${n.address} lladdr ${n.mac} dev ${VXLAN_DEV} nud permanent` })
+        ip.push({ line: `neigh replace ${n.address} lladdr ${n.mac} dev ${VXLAN_DEV} nud permanent`, node: n.node })
     for (const c of neighbours)
       if (!want.neighbours.some((n) => n.address === c.address)) ip.push({ line: `neigh del ${c.address} dev ${VXLAN_DEV}` })
     const fdb = fresh ? [] : current.fdb
     for (const f of want.fdb)
       if (!fdb.some((c) => c.mac === f.mac && c.dst === f.dst))
-        bridge.push({ line: `fdb replace ${f.mac} dev ${VXLAN_DEV} dst ${f.dst} self permanent` })
+        bridge.push({ line: `fdb replace ${f.mac} dev ${VXLAN_DEV} dst ${f.dst} self permanent`, node: f.node })
     for (const c of fdb)
       if (!want.fdb.some((f) => f.mac === c.mac && f.dst === c.dst)) bridge.push({ line: `fdb del ${c.mac} dev ${VXLAN_DEV} dst ${c.dst} self` })
   }
@@ -314,8 +329,8 @@ export function diff(plan: Plan, current: Current): { ip: Step[]; bridge: Step[]
     if (c && c.gateway === r.via && (!r.dev || c.dev === r.dev)) continue
     // IPv6 refuses to replace a route with one through another device ("Nexthop has invalid gateway"):
     // delete it first. IPv4 replaces in place.
-    if (c && r.family === 6 && c.dev !== r.dev) ip.push({ line: `route del ${r.dst} proto ${ROUTE_PROTO}` })
-    ip.push({ line: `route replace ${spec}`, why })
+    if (c && r.family === 6 && c.dev !== r.dev) ip.push({ line: `route del ${r.dst} proto ${ROUTE_PROTO}`, node: r.node })
+    ip.push({ line: `route replace ${spec}`, why, node: r.node })
   }
   for (const c of routes)
     if (!wanted.some((r) => r.dst === c.dst)) ip.push({ line: `route del ${c.dst} proto ${ROUTE_PROTO}`, why: 'the node is gone' })
@@ -323,9 +338,16 @@ export function diff(plan: Plan, current: Current): { ip: Step[]; bridge: Step[]
   return { ip, bridge, skipped }
 }
 
+export interface Failure {
+  node?: string
+  line: string
+  error: string
+}
+
 export interface ReconcileReport {
   changes: string[] // the shell lines that ran (or, with dryRun, would run)
   skipped: Skip[]
+  failed: Failure[] // changes the kernel refused; every other change was made
 }
 
 export async function reconcile(nodes: NodeList, self: string, backend: Backend, networks: Cidr[] | undefined, dryRun = false): Promise<ReconcileReport> {
@@ -333,12 +355,12 @@ export async function reconcile(nodes: NodeList, self: string, backend: Backend,
   const plan = planRoutes(nodes, self, backend, current.local, networks)
   const { ip, bridge, skipped } = diff(plan, current)
   const changes = [...ip.map((s) => `ip ${s.line}`), ...bridge.map((s) => `bridge ${s.line}`)]
+  const failed: Failure[] = []
   if (!dryRun) {
     explainSteps([...ip.map((s) => ({ ...s, line: `ip ${s.line}` })), ...bridge.map((s) => ({ ...s, line: `bridge ${s.line}` }))])
-    await batch('ip', ip)
-    await batch('bridge', bridge)
+    failed.push(...(await apply('ip', ip)), ...(await apply('bridge', bridge)))
   }
-  return { changes, skipped: mergeSkips([...plan.skipped, ...skipped]) }
+  return { changes, skipped: mergeSkips([...plan.skipped, ...skipped]), failed }
 }
 
 /** One entry per Node, its reasons joined, so each skipped Node is one line in the log. */
@@ -348,10 +370,32 @@ function mergeSkips(skips: Skip[]): Skip[] {
   return [...byNode].map(([node, reasons]) => ({ node, reason: reasons.join('; ') }))
 }
 
-async function batch(tool: string, steps: Step[]): Promise<void> {
-  if (!steps.length) return
-  const r = await run([tool, '-batch', '-'], steps.map((s) => s.line).join('\n') + '\n')
-  if (r.code !== 0) throw new Error(`${tool} -batch failed: ${r.stderr.trim()}`)
+/**
+ * One `-batch` for all the changes, with `-force` so that each line succeeds or fails on its own: without it
+ * the first refused line (one Node's unusable gateway) stops the batch, and no later peer gets its route.
+ */
+async function apply(tool: string, steps: Change[]): Promise<Failure[]> {
+  if (!steps.length) return []
+  const r = await run([tool, '-force', '-batch', '-'], steps.map((s) => s.line).join('\n') + '\n')
+  return r.code === 0 ? [] : batchFailures(tool, steps, r.stderr)
+}
+
+/** Which lines failed, from `-force -batch` stderr: each failure's messages, then "Command failed -:N". Pure. */
+export function batchFailures(tool: string, steps: Change[], stderr: string): Failure[] {
+  const failed: Failure[] = []
+  let messages: string[] = []
+  for (const text of stderr.split('\n').map((l) => l.trim())) {
+    const n = /^Command failed -:(\d+)$/.exec(text)?.[1]
+    if (n === undefined) {
+      if (text) messages.push(text)
+      continue
+    }
+    const step = steps[Number(n) - 1]
+    failed.push({ node: step?.node, line: `${tool} ${step?.line ?? `-batch line ${n}`}`, error: messages.join(' ') || 'failed' })
+    messages = []
+  }
+  if (!failed.length) failed.push({ line: `${tool} -force -batch`, error: stderr.trim() || 'failed' })
+  return failed
 }
 
 // ---- the command ---------------------------------------------------------------------------------------
@@ -420,16 +464,20 @@ export async function routesCommand(argv: string[]): Promise<number> {
       ? Promise.resolve(kube.readNodeListFile(o['nodes-json']))
       : kube.readNodeList({ kubectl: o.kubectl })
   for (;;) {
+    let failed = 0
     try {
       const report = await reconcile(await readNodes(), o.node, o.backend, networks, o['dry-run'])
       for (const s of report.skipped) process.stderr.write(`kube-cni routes: skipped ${s.node}: ${s.reason}\n`)
+      for (const f of report.failed) process.stderr.write(`kube-cni routes: failed${f.node ? ` for ${f.node}` : ''}: ${f.line}: ${f.error}\n`)
+      failed = report.failed.length
       if (o['dry-run']) for (const c of report.changes) process.stdout.write(`${c}\n`)
-      else process.stderr.write(`kube-cni routes: ${report.changes.length ? `${report.changes.length} changes` : 'no changes'}\n`)
+      else if (!report.changes.length) process.stderr.write('kube-cni routes: no changes\n')
+      else process.stderr.write(`kube-cni routes: ${report.changes.length} changes${failed ? `, ${failed} of them failed (the others were made)` : ''}\n`)
     } catch (e) {
       if (!watch) throw e
       process.stderr.write(`kube-cni routes: ${(e as Error).message}; retrying in ${watch}s\n`)
     }
-    if (!watch) return 0
+    if (!watch) return failed ? 1 : 0
     await new Promise((r) => setTimeout(r, watch * 1000))
   }
 }

@@ -6,7 +6,7 @@ import { test } from 'uvu'
 import * as assert from 'uvu/assert'
 import { probe, startEchoServers } from '../../lib/lab.ts'
 import { PLUGIN, cleanupAll, ipj, kubeCni, must, newNetns, nsPath } from '../helpers/cluster.ts'
-import { nodeList, podIP, routes, twoNodes } from '../helpers/topology.ts'
+import { nodeList, podIP, routes, tryRoutes, twoNodes } from '../helpers/topology.ts'
 
 test.after.each(cleanupAll)
 
@@ -121,6 +121,33 @@ test('a route to a peer\'s podCIDR that kube-cni did not make is left alone and 
   must(['ip', '-n', a.node.ns, 'route', 'del', '10.200.2.0/24', 'proto', 'static'])
   routes(a, nodesJson)
   assert.equal(kubeRoutes(a.node.ns), [{ dst: '10.200.2.0/24', gateway: '192.0.2.2', dev: 'eth0', flags: [] }])
+})
+
+test('one peer with an unusable gateway does not block the others; the run exits non-zero after making the rest', async () => {
+  const { a, b, nodesJson } = twoNodes()
+  // 192.0.2.255 is on a connected network, but it is the broadcast address: the kernel refuses it as a gateway.
+  const bad = { name: 'node-bad', ips: ['192.0.2.255'], subnets: ['10.200.3.0/24'] }
+  const c = { name: 'node-c', ips: ['192.0.2.3'], subnets: ['10.200.4.0/24'] }
+  writeFileSync(nodesJson, JSON.stringify(nodeList([a, bad, b, c])))
+  const r = tryRoutes(a, nodesJson)
+  assert.equal(kubeRoutes(a.node.ns).map((x: any) => `${x.dst} via ${x.gateway}`), ['10.200.2.0/24 via 192.0.2.2', '10.200.4.0/24 via 192.0.2.3'])
+  assert.is.not(r.code, 0, 'the failure is reported in the exit status')
+  assert.match(r.stderr, /failed for node-bad: ip route replace 10\.200\.3\.0\/24 via 192\.0\.2\.255 proto 211: .*invalid gateway/i)
+  assert.match(r.stderr, /3 changes, 1 of them failed/)
+  // It stays refused on every run, and never undoes the others.
+  assert.is.not(tryRoutes(a, nodesJson).code, 0)
+  assert.is(kubeRoutes(a.node.ns).length, 2)
+})
+
+test('a null item in the NodeList is skipped and reported; the other peers get their routes', async () => {
+  const { a, b, nodesJson } = twoNodes()
+  const list = nodeList([a, b]) as { items: unknown[] }
+  list.items.unshift(null, { metadata: {} })
+  writeFileSync(nodesJson, JSON.stringify(list))
+  const r = routes(a, nodesJson)
+  assert.equal(kubeRoutes(a.node.ns), [{ dst: '10.200.2.0/24', gateway: '192.0.2.2', dev: 'eth0', flags: [] }])
+  assert.match(r.stderr, /skipped NodeList item 0: it is not a Node object\n/)
+  assert.match(r.stderr, /skipped NodeList item 1: its metadata.name undefined is not a Node name\n/)
 })
 
 test('a node that left the NodeList loses its route', async () => {

@@ -3,7 +3,7 @@ import { test } from 'uvu'
 import * as assert from 'uvu/assert'
 import { renderConflist } from '../../lib/conflist.ts'
 import { type Family, formatCidr, parseAddress, parseCidr } from '../../lib/ip.ts'
-import { type Current, type CurrentRoute, type LocalAddress, type Plan, diff, networksFromConflist, planRoutes } from '../../lib/routes.ts'
+import { type Current, type CurrentRoute, type LocalAddress, type Plan, batchFailures, diff, networksFromConflist, planRoutes } from '../../lib/routes.ts'
 
 const peer = (name: string, subnets: string[], ips: string[]) => ({
   metadata: { name },
@@ -20,7 +20,7 @@ function address(ifname: string, cidr: string): LocalAddress {
 }
 const LOCAL = [address('eth0', '192.0.2.1/24'), address('eth0', '2001:db8:a::1/64'), address('cni0', '10.200.1.1/24')]
 
-const plan = (peers: object[], local = LOCAL, networks: typeof NETWORKS | null = NETWORKS, backend: 'host-gw' | 'vxlan' = 'host-gw'): Plan =>
+const plan = (peers: unknown[], local = LOCAL, networks: typeof NETWORKS | null = NETWORKS, backend: 'host-gw' | 'vxlan' = 'host-gw'): Plan =>
   planRoutes({ items: [SELF, ...peers] } as any, 'node-a', backend, local, networks ?? undefined)
 const dsts = (p: Plan) => p.routes.map((r) => `${r.node} ${r.dst} via ${r.via}`)
 const reasons = (p: Plan) => Object.fromEntries(p.skipped.map((s) => [s.node, s.reason]))
@@ -64,7 +64,7 @@ test('a podCIDR overlapping a network connected to this node is skipped, naming 
 test('the same checks hold under vxlan: no route, no neighbour, no fdb entry for a bad podCIDR', () => {
   const p = plan([peer('node-x', ['0.0.0.0/0'], ['192.0.2.3']), peer('node-b', ['10.200.2.0/24'], ['192.0.2.2'])], LOCAL, NETWORKS, 'vxlan')
   assert.equal(dsts(p), ['node-b 10.200.2.0/24 via 10.200.2.0'])
-  assert.equal(p.vxlan!.fdb, [{ mac: '0a:58:0a:c8:02:00', dst: '192.0.2.2' }])
+  assert.equal(p.vxlan!.fdb, [{ mac: '0a:58:0a:c8:02:00', dst: '192.0.2.2', node: 'node-b' }])
   assert.match(reasons(p)['node-x'], /default route/)
 })
 
@@ -118,6 +118,46 @@ test('diff: kube-cni\'s own route next to a foreign one for the same destination
     { dst: '10.200.9.0/24', gateway: '192.0.2.9', dev: 'eth0', proto: '4' },
   ]))
   assert.equal(d.ip.map((s) => s.line), ['route del 10.200.2.0/24 proto 211'])
+})
+
+test('NodeList items of any shape are skipped with a reason, never a crash; well-formed peers still get routes', () => {
+  const p = plan([
+    null,
+    'node-z',
+    42,
+    [],
+    {},
+    { metadata: { name: 'evil\nkube-cni routes: forged' } },
+    { metadata: { name: 'node-c' }, spec: { podCIDRs: [null, 7, '10.200.3.0/33', 'x\ny'] }, status: { addresses: 'nope' } },
+    { metadata: { name: 'node-d' }, spec: { podCIDR: '10.200.4.0/24' }, status: { addresses: [null, { type: 'InternalIP', address: 5 }, { type: 'InternalIP', address: '192.0.2.4' }] } },
+    { metadata: { name: 'node-e' }, spec: 'nope', status: null },
+  ])
+  assert.equal(dsts(p), ['node-d 10.200.4.0/24 via 192.0.2.4'])
+  assert.equal(reasons(p), {
+    'NodeList item 1': 'it is not a Node object',
+    'NodeList item 2': 'it is not a Node object',
+    'NodeList item 3': 'it is not a Node object',
+    'NodeList item 4': 'its metadata.name undefined is not a Node name',
+    'NodeList item 5': 'its metadata.name undefined is not a Node name',
+    'NodeList item 6': 'its metadata.name "evil\\nkube-cni routes: forged" is not a Node name',
+    'node-c': 'podCIDR "10.200.3.0/33" is not a CIDR; podCIDR "x\\ny" is not a CIDR',
+    'node-e': 'no podCIDR yet',
+  })
+  for (const s of p.skipped) assert.not.match(`${s.node}: ${s.reason}`, /\n/)
+})
+
+test('batchFailures: each failed line of `ip -force -batch` is reported with its Node and its error', () => {
+  const steps = [
+    { line: 'route replace 10.200.3.0/24 via 192.0.2.255 proto 211', node: 'node-bad' },
+    { line: 'route replace 10.200.2.0/24 via 192.0.2.2 proto 211', node: 'node-b' },
+    { line: 'link set dev kube-cni.1 up' },
+  ]
+  const stderr = 'Error: Nexthop has invalid gateway.\nCommand failed -:1\nCannot find device "kube-cni.1"\nCommand failed -:3\n'
+  assert.equal(batchFailures('ip', steps, stderr), [
+    { node: 'node-bad', line: 'ip route replace 10.200.3.0/24 via 192.0.2.255 proto 211', error: 'Error: Nexthop has invalid gateway.' },
+    { node: undefined, line: 'ip link set dev kube-cni.1 up', error: 'Cannot find device "kube-cni.1"' },
+  ])
+  assert.equal(batchFailures('bridge', steps, 'Segmentation fault\n'), [{ line: 'bridge -force -batch', error: 'Segmentation fault' }])
 })
 
 test.run()
