@@ -126,25 +126,46 @@ export function planRoutes(nodes: NodeList, self: string, backend: Backend, loca
     }
   }
 
-  for (const [i, peer] of nodes.items.entries()) {
-    const name = nodeName(peer)
+  // First what each peer claims on its own, then the claims against each other, in name order.
+  const peers: { name: string; all: Cidr[]; cidrs: Cidr[]; ips: { family: Family; value: bigint }[]; problems: string[] }[] = []
+  for (const [i, item] of nodes.items.entries()) {
+    const name = nodeName(item)
     if (name === self) continue
     if (!name) {
-      const what = peer && typeof peer === 'object' ? `its metadata.name ${quote((peer as any).metadata?.name)} is not a Node name` : 'it is not a Node object'
+      const what = item && typeof item === 'object' ? `its metadata.name ${quote((item as any).metadata?.name)} is not a Node name` : 'it is not a Node object'
       plan.skipped.push({ node: `NodeList item ${i}`, reason: what })
       continue
     }
     const problems: string[] = []
-    const texts = podCIDRs(peer)
+    const texts = podCIDRs(item)
     for (const t of texts) if (!parseCidr(t)) problems.push(`podCIDR ${quote(t)} is not a CIDR`)
     const all = texts.flatMap((t) => parseCidr(t) ?? [])
-    const cidrs = all.filter((c) => {
-      const problem = cidrProblem(c, myCidrs, networks, local)
-      if (problem) problems.push(problem)
-      return !problem
-    })
+    const ips = internalIPs(item).flatMap((t) => parseAddress(t) ?? [])
+    const mine = ips.find((a) => myIPs.some((m) => m.family === a.family && m.value === a.value) || local.some((l) => l.family === a.family && l.value === a.value))
+    let cidrs: Cidr[] = []
+    if (mine) problems.push(`its InternalIP ${formatAddress(mine.family, mine.value)} is this node's own`)
+    else
+      cidrs = all.filter((c) => {
+        const problem = cidrProblem(c, myCidrs, networks, local)
+        if (problem) problems.push(problem)
+        return !problem
+      })
     if (!texts.length) problems.push('no podCIDR yet')
-    const ips = internalIPs(peer).flatMap((t) => parseAddress(t) ?? [])
+    peers.push({ name, all, cidrs, ips, problems })
+  }
+
+  // Two Nodes claiming one range: the first by name keeps it, every run, instead of the route flipping.
+  const claimed: { cidr: Cidr; node: string }[] = []
+  for (const p of [...peers].sort((x, y) => (x.name < y.name ? -1 : x.name > y.name ? 1 : 0))) {
+    const clash = p.cidrs.flatMap((c) => claimed.filter((k) => overlaps(k.cidr, c)).map((k) => ({ c, k })))[0]
+    if (clash) {
+      p.problems.push(`podCIDR ${formatCidr(clash.c)} is also claimed by ${clash.k.node} (${formatCidr(clash.k.cidr)}), which keeps it: the first by name`)
+      p.cidrs = []
+    }
+    claimed.push(...p.cidrs.map((cidr) => ({ cidr, node: p.name })))
+  }
+
+  for (const { name, all, cidrs, ips, problems } of peers) {
     if (plan.vxlan && cidrs.length) {
       const underlayFamily = parseAddress(plan.vxlan.local)!.family
       const dst = ips.find((a) => a.family === underlayFamily)
@@ -206,7 +227,19 @@ export interface CurrentRoute {
 export interface Current {
   local: LocalAddress[]
   routes: CurrentRoute[] // the main table, every protocol: kube-cni's are `proto` "211"
-  vxlan?: { id?: number; local?: string; port?: number; mtu: number; mac: string; up: boolean; addresses: string[] }
+  vxlan?: {
+    kind?: string // "vxlan", unless something else took the name
+    id?: number
+    local?: string
+    port?: number
+    learning?: boolean
+    ttl?: number // 0: inherit
+    link?: string // the underlay device it is bound to, if any
+    mtu: number
+    mac: string
+    up: boolean
+    addresses: string[]
+  }
   neighbours: { address: string; mac: string }[]
   fdb: { mac: string; dst: string }[]
 }
@@ -239,9 +272,13 @@ export async function readCurrent(): Promise<Current> {
     local,
     routes,
     vxlan: {
+      kind: dev.linkinfo?.info_kind,
       id: info.id,
       local: info.local ?? info.local6,
       port: info.port,
+      learning: info.learning,
+      ttl: info.ttl,
+      link: info.link,
       mtu: dev.mtu,
       mac: dev.address,
       up: (dev.flags ?? []).includes('UP'),
@@ -271,6 +308,20 @@ function describe(r: CurrentRoute): string {
   return parts.filter(Boolean).join(' ')
 }
 
+/** What makes an existing kube-cni.1 not the device kube-cni makes. */
+function vxlanDifferences(have: NonNullable<Current['vxlan']>, local: string): string[] {
+  const wrong: [boolean, string][] = [
+    [have.kind !== 'vxlan', `type ${have.kind}`],
+    [have.id !== VXLAN_VNI, `VNI ${have.id}`],
+    [have.local !== local, `local ${have.local}`],
+    [have.port !== VXLAN_PORT, `port ${have.port}`],
+    [have.learning !== false, 'learning'],
+    [(have.ttl ?? 0) !== 0, `ttl ${have.ttl}`],
+    [have.link !== undefined, `dev ${have.link}`],
+  ]
+  return wrong.filter(([bad]) => bad).map(([, what]) => what)
+}
+
 /**
  * The commands that turn `current` into `plan`; none when they already match. Pure. A destination that
  * already has a route kube-cni did not make is left alone, and reported: `ip route replace` matches on
@@ -286,15 +337,17 @@ export function diff(plan: Plan, current: Current): { ip: Change[]; bridge: Chan
   const want = plan.vxlan
   const have = current.vxlan
   let fresh = false // the device is (re)created, so it has no neighbours, fdb entries or routes yet
-  if (have && (!want || have.id !== VXLAN_VNI || have.local !== want.local || have.port !== VXLAN_PORT)) {
-    ip.push({ line: `link del ${VXLAN_DEV}`, why: want ? 'the VXLAN device has the wrong VNI, local address or port' : 'switching to host-gw' })
+  const wrong = have && want ? vxlanDifferences(have, want.local) : []
+  if (have && (!want || wrong.length)) {
+    // The kernel changes none of these on a live VXLAN device: it is made again.
+    ip.push({ line: `link del dev ${VXLAN_DEV}`, why: want ? `the VXLAN device differs: ${wrong.join(', ')}` : 'switching to host-gw' })
     routes = routes.filter((r) => r.dev !== VXLAN_DEV)
     fresh = true
   }
   if (want) {
     if (!have || fresh) {
       ip.push({
-        line: `link add ${VXLAN_DEV} address ${want.mac} mtu ${want.mtu} type vxlan id ${VXLAN_VNI} local ${want.local} dstport ${VXLAN_PORT} nolearning`,
+        line: `link add name ${VXLAN_DEV} address ${want.mac} mtu ${want.mtu} type vxlan id ${VXLAN_VNI} local ${want.local} dstport ${VXLAN_PORT} nolearning`,
         why: 'new: the overlay device (flannel.1 in flannel)',
       })
     } else {

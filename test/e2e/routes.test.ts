@@ -54,6 +54,21 @@ test('vxlan: pods on nodes in different subnets behind a router reach each other
   must(['ip', 'netns', 'exec', pa.pod, 'ping', '-c', '1', '-W', '2', '-M', 'do', '-s', '1422', podIP(pb.result)])
 })
 
+test('vxlan: an existing kube-cni.1 with learning, a ttl and a bound dev is made again as kube-cni makes it', async () => {
+  const { a, b, nodesJson } = twoNodes({ routed: true, conf: { mtu: 1450 } })
+  must(['ip', '-n', a.node.ns, 'link', 'add', 'kube-cni.1', 'type', 'vxlan', 'id', '1', 'local', '192.0.2.1', 'dstport', '4789', 'learning', 'ttl', '5', 'dev', 'eth0'])
+  const pa = await a.node.addPod('pa')
+  const pb = await b.node.addPod('pb')
+  routes(a, nodesJson, '--backend', 'vxlan')
+  routes(b, nodesJson, '--backend', 'vxlan')
+  const [dev] = ipj(a.node.ns, '-d', 'link', 'show', 'dev', 'kube-cni.1')
+  const { id, local, port, learning, ttl, link } = dev.linkinfo.info_data
+  assert.equal({ id, local, port, learning, ttl, link }, { id: 1, local: '192.0.2.1', port: 4789, learning: false, ttl: 0, link: undefined })
+  await startEchoServers([pa.pod, pb.pod])
+  assert.is((await probe(pa.pod, [podIP(pb.result)]))[podIP(pb.result)], podIP(pa.result))
+  assert.ok(routes(a, nodesJson, '--backend', 'vxlan').stderr.includes('no changes'), 'a second run leaves the new device alone')
+})
+
 test('switching backends removes the other backend\'s routes and device', async () => {
   const { a, nodesJson } = twoNodes()
   routes(a, nodesJson, '--backend', 'vxlan')

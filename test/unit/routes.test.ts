@@ -146,6 +146,47 @@ test('NodeList items of any shape are skipped with a reason, never a crash; well
   for (const s of p.skipped) assert.not.match(`${s.node}: ${s.reason}`, /\n/)
 })
 
+test('two Nodes claiming one podCIDR: the first by name keeps it, whatever the NodeList order, and the other is reported', () => {
+  const b = peer('node-b', ['10.200.2.0/24'], ['192.0.2.2'])
+  const c = peer('node-c', ['10.200.2.0/24'], ['192.0.2.3'])
+  const d = peer('node-d', ['10.200.2.0/23', 'fd00:200:0:4::/64'], ['192.0.2.4', '2001:db8:a::4'])
+  for (const order of [[b, c, d], [d, c, b], [c, d, b]]) {
+    const p = plan(order)
+    assert.equal(dsts(p), ['node-b 10.200.2.0/24 via 192.0.2.2'])
+    assert.equal(reasons(p), {
+      'node-c': 'podCIDR 10.200.2.0/24 is also claimed by node-b (10.200.2.0/24), which keeps it: the first by name',
+      'node-d': 'podCIDR 10.200.2.0/23 is also claimed by node-b (10.200.2.0/24), which keeps it: the first by name',
+    })
+  }
+  // A loser of one clash claims nothing, so it takes no other range from anyone.
+  const e = peer('node-e', ['10.200.5.0/24'], ['192.0.2.5'])
+  const p = plan([peer('node-d', ['10.200.2.0/24', '10.200.5.0/24'], ['192.0.2.4']), b, e])
+  assert.equal(dsts(p), ['node-b 10.200.2.0/24 via 192.0.2.2', 'node-e 10.200.5.0/24 via 192.0.2.5'])
+})
+
+test('a peer whose InternalIP is this node\'s own (or any address of this netns) is skipped', () => {
+  const p = plan([peer('node-x', ['10.200.8.0/24'], ['192.0.2.1']), peer('node-y', ['10.200.9.0/24'], ['10.200.1.1'])])
+  assert.equal(p.routes, [])
+  assert.equal(reasons(p), { 'node-x': "its InternalIP 192.0.2.1 is this node's own", 'node-y': "its InternalIP 10.200.1.1 is this node's own" })
+  const v = plan([peer('node-x', ['10.200.8.0/24'], ['192.0.2.1'])], LOCAL, NETWORKS, 'vxlan')
+  assert.equal([v.routes, v.vxlan!.fdb, v.vxlan!.neighbours], [[], [], []])
+})
+
+const VXLAN_OK = { kind: 'vxlan', id: 1, local: '192.0.2.1', port: 4789, learning: false, ttl: 0, mtu: 1450, mac: '0a:58:0a:c8:01:00', up: true, addresses: ['10.200.1.0'] }
+
+test('diff: an existing kube-cni.1 whose VNI, local, port, learning, ttl, dev or type differs is made again', () => {
+  const p = plan([peer('node-b', ['10.200.2.0/24'], ['192.0.2.2'])], LOCAL, NETWORKS, 'vxlan')
+  const withDevice = (vxlan: object) => ({ ...current([]), vxlan: { ...VXLAN_OK, ...vxlan } })
+  const first = (d: ReturnType<typeof diff>) => d.ip[0]?.line ?? ''
+  assert.is.not(first(diff(p, withDevice({}))), 'link del dev kube-cni.1', 'the right device is kept')
+  for (const wrong of [{ id: 2 }, { local: '192.0.2.9' }, { port: 8472 }, { learning: true }, { ttl: 5 }, { link: 'eth0' }, { kind: 'dummy' }]) {
+    const d = diff(p, withDevice(wrong))
+    assert.is(first(d), 'link del dev kube-cni.1', JSON.stringify(wrong))
+    assert.match(d.ip[1].line, /^link add name kube-cni\.1 .* nolearning$/)
+    assert.ok(d.ip.some((s) => s.line.startsWith('route replace 10.200.2.0/24 via 10.200.2.0 dev kube-cni.1 onlink')), JSON.stringify(wrong))
+  }
+})
+
 test('batchFailures: each failed line of `ip -force -batch` is reported with its Node and its error', () => {
   const steps = [
     { line: 'route replace 10.200.3.0/24 via 192.0.2.255 proto 211', node: 'node-bad' },
