@@ -386,7 +386,7 @@ export function diff(plan: Plan, current: Current): { ip: Change[]; bridge: Chan
     ip.push({ line: `route replace ${spec}`, why, node: r.node })
   }
   for (const c of routes)
-    if (!wanted.some((r) => r.dst === c.dst)) ip.push({ line: `route del ${c.dst} proto ${ROUTE_PROTO}`, why: 'the node is gone' })
+    if (!wanted.some((r) => r.dst === c.dst)) ip.push({ line: `route del ${c.dst} proto ${ROUTE_PROTO}`, why: 'no peer needs it any more' })
   // The ip lines create the device that the fdb lines need, so ip runs first.
   return { ip, bridge, skipped }
 }
