@@ -6,10 +6,18 @@ import { request } from 'node:https'
 import { join } from 'node:path'
 import { run } from './exec.ts'
 
+/** A Node as the API sends it. A NodeList is untrusted, so routes reads items through the accessors below,
+ * which take any shape (null, a string, a Node missing fields) and return only well-formed values. */
 export interface KubeNode {
   metadata: { name: string }
   spec?: { podCIDR?: string; podCIDRs?: string[] }
   status?: { addresses?: { type: string; address: string }[] }
+}
+
+interface AnyShape {
+  metadata?: { name?: unknown }
+  spec?: { podCIDR?: unknown; podCIDRs?: unknown }
+  status?: { addresses?: unknown }
 }
 
 export interface NodeList {
@@ -76,12 +84,22 @@ export async function readNodeListKubectl(kubectl: string): Promise<NodeList> {
   return parseNodeList(r.stdout, `${kubectl} get nodes`)
 }
 
-/** A node's pod ranges: spec.podCIDRs (dual-stack), falling back to the older single spec.podCIDR. */
-export function podCIDRs(node: KubeNode): string[] {
-  const list = node.spec?.podCIDRs?.length ? node.spec.podCIDRs : node.spec?.podCIDR ? [node.spec.podCIDR] : []
-  return [...new Set(list)]
+/** metadata.name when it is a name Kubernetes allows (a DNS subdomain), so it is safe in a log line. */
+export function nodeName(node: unknown): string | undefined {
+  const name = (node as AnyShape | null)?.metadata?.name
+  return typeof name === 'string' && name.length <= 253 && /^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$/.test(name) ? name : undefined
 }
 
-export function internalIPs(node: KubeNode): string[] {
-  return (node.status?.addresses ?? []).filter((a) => a.type === 'InternalIP').map((a) => a.address)
+/** A node's pod ranges: spec.podCIDRs (dual-stack), falling back to the older single spec.podCIDR. */
+export function podCIDRs(node: unknown): string[] {
+  const spec = (node as AnyShape | null)?.spec
+  const list: unknown[] = Array.isArray(spec?.podCIDRs) && spec.podCIDRs.length ? spec.podCIDRs : [spec?.podCIDR]
+  return [...new Set(list.filter((c): c is string => typeof c === 'string'))]
+}
+
+export function internalIPs(node: unknown): string[] {
+  const addresses = (node as AnyShape | null)?.status?.addresses
+  return (Array.isArray(addresses) ? addresses : [])
+    .filter((a) => a?.type === 'InternalIP' && typeof a.address === 'string')
+    .map((a) => a.address)
 }
