@@ -21,8 +21,6 @@ import { formatCidr } from './ip.ts'
 import { createBridge, linkExists } from './link.ts'
 import type { NetConf, Pool } from './netconf.ts'
 
-export const FORWARD_CHAIN = 'KUBE-CNI-FORWARD'
-export const MASQ_CHAIN = 'KUBE-CNI-MASQ'
 const LOCK_WAIT_SECONDS = 30
 
 export async function ensureNode(conf: NetConf): Promise<void> {
@@ -33,7 +31,7 @@ export async function ensureNode(conf: NetConf): Promise<void> {
   await withLock(join(conf.dataDir, 'node.lock'), async () => {
     if (await inPlace()) return // another ADD repaired it while we waited
     enableForwarding(conf.pools)
-    for (const pool of conf.pools) await ensureRules(pool, conf.ipMasq)
+    for (const pool of conf.pools) await ensureRules(conf, pool)
     if (!linkExists(conf.bridge)) await createBridge(conf)
     mkdirSync(join(marker, '..'), { recursive: true, mode: 0o700 })
     writeFileSync(marker, wanted)
@@ -77,16 +75,34 @@ interface Chain {
   jump: string // the rule in a built-in chain that sends traffic to this one
 }
 
-/** The chains of one family. */
-export function chainsFor(pool: Pool, ipMasq: boolean): Chain[] {
+/**
+ * Each network has its own chains, so that one network's setup never rewrites another's: a second network
+ * would otherwise masquerade the first one's pod-to-pod traffic. They are named by an FNV-1a hash of the
+ * network's name, because iptables allows 28 characters and a name may have 63.
+ */
+export function chainNames(network: string): { forward: string; masq: string } {
+  let hash = 0x811c9dc5
+  for (const byte of Buffer.from(network)) hash = Math.imul(hash ^ byte, 0x01000193) >>> 0
+  const id = hash.toString(16).padStart(8, '0')
+  return { forward: `KUBE-CNI-FORWARD-${id}`, masq: `KUBE-CNI-MASQ-${id}` }
+}
+
+/** The chains of one network, for one family. */
+export function chainsFor(name: string, pool: Pool, ipMasq: boolean): Chain[] {
+  const chain = chainNames(name)
   const network = formatCidr(pool.network)
   const multicast = pool.family === 4 ? '224.0.0.0/4' : 'ff00::/8'
-  const forward: Chain = { table: 'filter', name: FORWARD_CHAIN, rules: [`-s ${network} -j ACCEPT`, `-d ${network} -j ACCEPT`], jump: `FORWARD -j ${FORWARD_CHAIN}` }
+  const forward: Chain = {
+    table: 'filter',
+    name: chain.forward,
+    rules: [`-s ${network} -j ACCEPT`, `-d ${network} -j ACCEPT`],
+    jump: `FORWARD -j ${chain.forward}`,
+  }
   const masq: Chain = {
     table: 'nat',
-    name: MASQ_CHAIN,
+    name: chain.masq,
     rules: [`-d ${network} -j RETURN`, `-d ${multicast} -j RETURN`, '-j MASQUERADE'],
-    jump: `POSTROUTING -s ${formatCidr(pool.subnet)} -j ${MASQ_CHAIN}`,
+    jump: `POSTROUTING -s ${formatCidr(pool.subnet)} -j ${chain.masq}`,
   }
   return ipMasq ? [forward, masq] : [forward]
 }
@@ -108,15 +124,15 @@ const iptablesOf = (pool: Pool) => (pool.family === 4 ? 'iptables' : 'ip6tables'
 
 async function rulesInPlace(conf: NetConf): Promise<boolean> {
   for (const pool of conf.pools) {
-    const r = await run([`${iptablesOf(pool)}-restore`, '-w', '--noflush'], restoreInput(chainsFor(pool, conf.ipMasq), 'check')).catch(() => undefined)
+    const r = await run([`${iptablesOf(pool)}-restore`, '-w', '--noflush'], restoreInput(chainsFor(conf.name, pool, conf.ipMasq), 'check')).catch(() => undefined)
     if (r?.code !== 0) return false
   }
   return true
 }
 
-async function ensureRules(pool: Pool, ipMasq: boolean): Promise<void> {
+async function ensureRules(conf: NetConf, pool: Pool): Promise<void> {
   const tool = iptablesOf(pool)
-  const chains = chainsFor(pool, ipMasq)
+  const chains = chainsFor(conf.name, pool, conf.ipMasq)
   const restore = restoreInput(chains, 'rewrite')
   explainSteps([{ line: `${tool}-restore -w --noflush <<'EOF'\n${restore}EOF`, why: "bash: iptables -A FORWARD ...; the bash masquerade '! -o cni0' NATed pod-to-pod traffic too" }])
   await iptables([`${tool}-restore`, '-w', '--noflush'], restore)

@@ -4,8 +4,8 @@
 import { test } from 'uvu'
 import * as assert from 'uvu/assert'
 import { probe, startEchoServers } from '../../lib/lab.ts'
-import { cleanupAll, must, sh } from '../helpers/cluster.ts'
-import { podIP, twoNodes } from '../helpers/topology.ts'
+import { cleanupAll, must, nsPath, sh } from '../helpers/cluster.ts'
+import { type Member, podIP, twoNodes } from '../helpers/topology.ts'
 
 test.after.each(cleanupAll)
 
@@ -73,6 +73,32 @@ test('concurrent ADDs after a firewall reload leave one copy of each rule', asyn
   assert.is(new Set(rules).size, rules.length, rules.join('\n'))
   assert.is(rules.filter((l) => l.startsWith('-A FORWARD')).length, 1, rules.join('\n'))
   assert.is(rules.filter((l) => l.startsWith('-A POSTROUTING')).length, 1, rules.join('\n'))
+})
+
+test('two networks side by side: each keeps its pod IPs between its pods and masquerades only off-cluster traffic', async () => {
+  const { a, b } = twoNodes()
+  for (const [m, peer, k] of [[a, b, 2], [b, a, 1]] as const) {
+    // A firewall that drops forwarded traffic it was not told to accept, as Docker's does.
+    nsExec(m.node.ns, 'iptables', '-P', 'FORWARD', 'DROP')
+    for (const net of ['10.200', '10.201']) must(['ip', '-n', m.node.ns, 'route', 'add', `${net}.${k}.0/24`, 'via', peer.ips[0]])
+  }
+  const second = (m: Member, subnet: string) => ({ ...m.node.conf, name: 'second', bridge: 'cni1', network: '10.201.0.0/16', subnet })
+  const add = async (m: Member, id: string, conf = m.node.conf) => {
+    const pod = m.node.pod()
+    const r = await m.node.cni({ command: 'ADD', containerId: id, netns: nsPath(pod) }, conf)
+    assert.is(r.code, 0, r.stdout + r.stderr)
+    return { pod, ip: podIP(r.json) as string }
+  }
+  // The first network's pods first: the second network's setup must leave the first one's rules alone.
+  const a1 = await add(a, 'a1')
+  const b1 = await add(b, 'b1')
+  const a2 = await add(a, 'a2', second(a, '10.201.1.0/24'))
+  const b2 = await add(b, 'b2', second(b, '10.201.2.0/24'))
+  await startEchoServers([a1.pod, b1.pod, a2.pod, b2.pod, b.node.ns])
+  for (const [from, to] of [[a1, b1], [b1, a1], [a2, b2], [b2, a2]]) assert.is((await probe(from.pod, [to.ip]))[to.ip], from.ip, `${from.ip} -> ${to.ip} keeps its IP`)
+  // Node b routes back to both networks' pods, so only the masquerade makes it see node a's address.
+  assert.is(await seenBy(a1.pod), '192.0.2.1', 'the first network masquerades off-cluster traffic')
+  assert.is(await seenBy(a2.pod), '192.0.2.1', 'the second network masquerades off-cluster traffic')
 })
 
 test.run()
