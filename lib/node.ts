@@ -30,8 +30,9 @@ export async function ensureNode(conf: NetConf): Promise<void> {
   if (await inPlace()) return
   await withLock(join(conf.dataDir, 'node.lock'), async () => {
     if (await inPlace()) return // another ADD repaired it while we waited
+    const previous = readText(marker)
     enableForwarding(conf.pools)
-    for (const pool of conf.pools) await ensureRules(conf, pool)
+    for (const pool of conf.pools) await ensureRules(conf, pool, previous)
     if (!linkExists(conf.bridge)) await createBridge(conf)
     mkdirSync(join(marker, '..'), { recursive: true, mode: 0o700 })
     writeFileSync(marker, wanted)
@@ -102,10 +103,12 @@ export function chainsFor(name: string, pool: Pool, ipMasq: boolean): Chain[] {
     table: 'nat',
     name: chain.masq,
     rules: [`-d ${network} -j RETURN`, `-d ${multicast} -j RETURN`, '-j MASQUERADE'],
-    jump: `POSTROUTING -s ${formatCidr(pool.subnet)} -j ${chain.masq}`,
+    jump: masqJump(name, pool),
   }
   return ipMasq ? [forward, masq] : [forward]
 }
+
+const masqJump = (name: string, pool: Pool) => `POSTROUTING -s ${formatCidr(pool.subnet)} -j ${chainNames(name).masq}`
 
 /**
  * iptables-restore input: `rewrite` declares each chain (which flushes it) and fills it, so a rerun leaves
@@ -130,23 +133,50 @@ async function rulesInPlace(conf: NetConf): Promise<boolean> {
   return true
 }
 
-async function ensureRules(conf: NetConf, pool: Pool): Promise<void> {
+/** `previous` is the marker of the last setup: with "ipMasq": false, the nat table is touched only to undo its masquerade. */
+async function ensureRules(conf: NetConf, pool: Pool, previous: string | undefined): Promise<void> {
   const tool = iptablesOf(pool)
   const chains = chainsFor(conf.name, pool, conf.ipMasq)
   const restore = restoreInput(chains, 'rewrite')
   explainSteps([{ line: `${tool}-restore -w --noflush <<'EOF'\n${restore}EOF`, why: "bash: iptables -A FORWARD ...; the bash masquerade '! -o cni0' NATed pod-to-pod traffic too" }])
-  await iptables([`${tool}-restore`, '-w', '--noflush'], restore)
+  await iptables(conf, [`${tool}-restore`, '-w', '--noflush'], restore)
+  if (conf.ipMasq || hadMasquerade(previous)) await dropOldMasquerade(conf, pool)
   for (const { table, jump } of chains) {
     const rule = jump.split(' ')
     const check = await run([tool, '-w', '-t', table, '-C', ...rule])
     if (check.code === 0) continue
     explainSteps([{ line: `${tool} -w -t ${table} -A ${jump}` }])
-    await iptables([tool, '-w', '-t', table, '-A', ...rule])
+    await iptables(conf, [tool, '-w', '-t', table, '-A', ...rule])
   }
 }
 
-async function iptables(argv: string[], input = ''): Promise<void> {
-  const hint = `install the iptables package on the node, or set "ipMasq": false`
+function hadMasquerade(marker: string | undefined): boolean {
+  try {
+    return JSON.parse(marker ?? '').ipMasq === true
+  } catch {
+    return false
+  }
+}
+
+/** Removes this network's POSTROUTING jumps that the config no longer asks for (an old subnet, or "ipMasq": false). */
+async function dropOldMasquerade(conf: NetConf, pool: Pool): Promise<void> {
+  const tool = iptablesOf(pool)
+  const { masq } = chainNames(conf.name)
+  const wanted = conf.ipMasq ? `-A ${masqJump(conf.name, pool)}` : undefined
+  const listed = await run([tool, '-w', '-t', 'nat', '-S', 'POSTROUTING'])
+  for (const line of listed.stdout.split('\n').filter((l) => l.endsWith(` -j ${masq}`) && l !== wanted)) {
+    explainSteps([{ line: `${tool} -w -t nat ${line.replace('-A', '-D')}`, why: 'new: the config changed' }])
+    await iptables(conf, [tool, '-w', '-t', 'nat', '-D', ...line.split(' ').slice(1)])
+  }
+  if (conf.ipMasq) return
+  // The chain goes too, once nothing jumps to it; it may already be gone, after a firewall reload.
+  await run([tool, '-w', '-t', 'nat', '-F', masq])
+  await run([tool, '-w', '-t', 'nat', '-X', masq])
+}
+
+async function iptables(conf: NetConf, argv: string[], input = ''): Promise<void> {
+  // Not "or set ipMasq to false": the FORWARD accepts need iptables either way.
+  const hint = `install the iptables package on the node: kube-cni needs ${argv[0]} for ${conf.ipMasq ? 'its FORWARD accept and masquerade rules' : 'its FORWARD accept rules'}`
   const r = await run(argv, input).catch((e) => {
     throw new CniError(Code.Internal, `cannot run ${argv[0]}: ${(e as Error).message}`, hint)
   })

@@ -4,7 +4,9 @@
 import { test } from 'uvu'
 import * as assert from 'uvu/assert'
 import { probe, startEchoServers } from '../../lib/lab.ts'
-import { cleanupAll, must, nsPath, sh } from '../helpers/cluster.ts'
+import { mkdirSync, symlinkSync } from 'node:fs'
+import { join } from 'node:path'
+import { Node, TMP, cleanupAll, must, nsPath, sh } from '../helpers/cluster.ts'
 import { type Member, podIP, twoNodes } from '../helpers/topology.ts'
 
 test.after.each(cleanupAll)
@@ -50,6 +52,9 @@ test('a changed subnet is applied by the next ADD', async () => {
   const moved = await a.node.addPod('p2')
   assert.ok(podIP(moved.result).startsWith('10.200.3.'), podIP(moved.result))
   assert.is(await seenBy(moved.pod), '192.0.2.1', 'the new subnet is masqueraded too')
+  const jumps = nsExec(a.node.ns, 'iptables', '-t', 'nat', '-S', 'POSTROUTING').split('\n').filter((l) => l.includes('KUBE-CNI'))
+  assert.is(jumps.length, 1, jumps.join('\n'))
+  assert.match(jumps[0], '-s 10.200.3.0/24 ')
 })
 
 test('"ipMasq" turned on is applied by the next ADD', async () => {
@@ -61,6 +66,42 @@ test('"ipMasq" turned on is applied by the next ADD', async () => {
   const after = await a.node.addPod('p2')
   assert.is(await seenBy(after.pod), '192.0.2.1')
   assert.is(await seenBy(before.pod), '192.0.2.1')
+})
+
+test('"ipMasq" turned off removes the masquerade a previous config made', async () => {
+  const { a, b } = twoNodes()
+  must(['ip', '-n', b.node.ns, 'route', 'add', '10.200.1.0/24', 'via', a.ips[0]])
+  await startEchoServers([b.node.ns])
+  const before = await a.node.addPod('p1')
+  assert.is(await seenBy(before.pod), '192.0.2.1')
+  a.node.conf = { ...a.node.conf, ipMasq: false }
+  const after = await a.node.addPod('p2')
+  assert.is(await seenBy(after.pod), podIP(after.result), 'node b sees the pod itself')
+  assert.is(await seenBy(before.pod), podIP(before.result))
+  assert.not.match(nsExec(a.node.ns, 'iptables-save', '-t', 'nat'), 'KUBE-CNI')
+})
+
+test('"ipMasq": false leaves the nat table alone', async () => {
+  const { a } = twoNodes({ conf: { ipMasq: false } })
+  await a.node.addPod('p1')
+  assert.not.match(nsExec(a.node.ns, 'iptables-save', '-t', 'nat'), 'KUBE-CNI')
+  assert.match(nsExec(a.node.ns, 'iptables-save', '-t', 'filter'), '-A FORWARD -j KUBE-CNI-FORWARD-')
+})
+
+test('without iptables, ADD says what to install, and why, for the config in use', async () => {
+  const bin = join(TMP, 'bin-without-iptables')
+  mkdirSync(bin, { recursive: true })
+  for (const tool of ['ip', 'nsenter', 'flock', 'cat']) symlinkSync(must(['sh', '-c', `command -v ${tool}`]).trim(), join(bin, tool))
+  symlinkSync(process.execPath, join(bin, 'node'))
+  for (const ipMasq of [true, false]) {
+    const node = new Node({ ipMasq })
+    const r = await node.cni({ command: 'ADD', containerId: 'c1', netns: nsPath(node.pod()), env: { PATH: bin } })
+    assert.is(r.json?.code, 100, r.stdout + r.stderr)
+    assert.match(r.json.msg, 'iptables-restore')
+    assert.match(r.json.details, 'install the iptables package')
+    assert.not.match(r.json.details, 'ipMasq', 'setting ipMasq to false would not help: the FORWARD accepts need iptables')
+    assert.is(r.json.details.includes('masquerade'), ipMasq, r.json.details)
+  }
 })
 
 test('concurrent ADDs after a firewall reload leave one copy of each rule', async () => {
