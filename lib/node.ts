@@ -1,5 +1,5 @@
-// The node state every pod relies on: IP forwarding, the FORWARD accept rules, the masquerade for traffic that
-// leaves the cluster, and the bridge. The bash tutorial set all of it up by hand, once.
+// The node state every pod relies on: IP forwarding, bridge-nf-call-iptables for Services, the FORWARD accept
+// rules, the masquerade for traffic that leaves the cluster, and the bridge. The bash tutorial set all of it up by hand, once.
 //
 // Once is not enough: a firewall reload (`iptables -t nat -F`, firewalld) or a sysctl reset breaks every later
 // pod, and a changed `subnet` or `ipMasq` must take effect. So every ADD verifies, cheaply, and repairs what is
@@ -12,13 +12,14 @@
 // The repair runs under an flock held by a child `flock` process; the kernel drops it when that child's stdin
 // pipe closes, which happens when we exit, even by SIGKILL, so the lock cannot outlive its holder, and `-w`
 // bounds the wait so it cannot deadlock.
-import { mkdirSync, readFileSync, writeFileSync } from 'node:fs'
+import { existsSync, mkdirSync, readFileSync, writeFileSync } from 'node:fs'
 import { join } from 'node:path'
 import { spawn } from 'node:child_process'
 import { CniError, Code } from './cni.ts'
 import { explainSteps, run } from './exec.ts'
 import { formatCidr } from './ip.ts'
 import { createBridge, linkExists } from './link.ts'
+import { log } from './log.ts'
 import type { NetConf, Pool } from './netconf.ts'
 
 const LOCK_WAIT_SECONDS = 30
@@ -26,12 +27,13 @@ const LOCK_WAIT_SECONDS = 30
 export async function ensureNode(conf: NetConf): Promise<void> {
   const marker = join(conf.dataDir, conf.name, 'node-ready')
   const wanted = setupFor(conf)
-  const inPlace = async () => readText(marker) === wanted && linkExists(conf.bridge) && forwardingOn(conf) && (await rulesInPlace(conf))
+  const inPlace = async () => readText(marker) === wanted && linkExists(conf.bridge) && knobsOn(conf) && (await rulesInPlace(conf))
+  if (!existsSync(BRIDGE_NF)) log.info(`warning: ${noBridgeNetfilter.msg}; ${noBridgeNetfilter.fix}`)
   if (await inPlace()) return
   await withLock(join(conf.dataDir, 'node.lock'), async () => {
     if (await inPlace()) return // another ADD repaired it while we waited
     const previous = readText(marker)
-    enableForwarding(conf.pools)
+    enableKnobs(conf)
     for (const pool of conf.pools) await ensureRules(conf, pool, previous)
     if (!linkExists(conf.bridge)) await createBridge(conf)
     mkdirSync(join(marker, '..'), { recursive: true, mode: 0o700 })
@@ -53,20 +55,54 @@ function readText(path: string): string | undefined {
   }
 }
 
-/** Per netns, like every /proc/sys/net knob. */
-const forwardingKnob = (pool: Pool) => (pool.family === 4 ? '/proc/sys/net/ipv4/ip_forward' : '/proc/sys/net/ipv6/conf/all/forwarding')
+const BRIDGE_NF = '/proc/sys/net/bridge' // present while br_netfilter is loaded
 
-function forwardingOn(conf: NetConf): boolean {
-  return conf.pools.every((pool) => readText(forwardingKnob(pool))?.trim() === '1')
+/**
+ * The sysctls ADD needs at 1, all per netns: forwarding, and bridge-nf-call-ip(6)tables, without which the reply
+ * of a pod behind a Service to a client pod on the same bridge is bridged past iptables, never un-NATed, and the
+ * connection dies (DNS through the kube-dns ClusterIP breaks this way).
+ */
+function knobs(conf: NetConf): string[] {
+  const forwarding = conf.pools.map((p) => (p.family === 4 ? '/proc/sys/net/ipv4/ip_forward' : '/proc/sys/net/ipv6/conf/all/forwarding'))
+  const v6 = conf.pools.some((p) => p.family === 6)
+  const bridged = existsSync(BRIDGE_NF) ? [`${BRIDGE_NF}/bridge-nf-call-iptables`, ...(v6 ? [`${BRIDGE_NF}/bridge-nf-call-ip6tables`] : [])] : []
+  return [...forwarding, ...bridged]
 }
 
-function enableForwarding(pools: Pool[]): void {
+function knobsOn(conf: NetConf): boolean {
+  return knobs(conf).every((knob) => readText(knob)?.trim() === '1')
+}
+
+function enableKnobs(conf: NetConf): void {
   // Enabling IPv6 forwarding makes the kernel ignore router advertisements on interfaces with accept_ra=1: a
   // node whose uplink is configured by RA needs accept_ra=2.
-  for (const knob of pools.map(forwardingKnob)) {
+  for (const knob of knobs(conf)) {
     explainSteps([{ line: `sysctl -w ${knob.slice(10).replaceAll('/', '.')}=1`, why: 'bash: done by hand on each node' }])
     writeFileSync(knob, '1')
   }
+}
+
+export interface Problem {
+  msg: string
+  fix: string
+}
+
+const noBridgeNetfilter: Problem = {
+  msg: 'br_netfilter is not loaded (no /proc/sys/net/bridge): Services do not work for pods on the bridge',
+  fix: 'load it with `modprobe br_netfilter`, and keep it across reboots with `echo br_netfilter > /etc/modules-load.d/kube-cni.conf`',
+}
+
+/**
+ * Why an ADD on this node would fail or give pods broken Services, for STATUS, from what the caller observed.
+ * Pure, so each case is testable without breaking a node.
+ */
+export function nodeProblems(facts: { bridgeNetfilter: boolean }): Problem[] {
+  return facts.bridgeNetfilter ? [] : [noBridgeNetfilter]
+}
+
+/** The facts nodeProblems needs, cheap enough for a runtime that calls STATUS every 5 s: stats only. */
+export function observeNode(): Parameters<typeof nodeProblems>[0] {
+  return { bridgeNetfilter: existsSync(BRIDGE_NF) }
 }
 
 interface Chain {
