@@ -28,7 +28,7 @@ import { type Attachment, type Owner, Store } from './lib/ipam.ts'
 import { type PodPlan, linkExists, netnsProblem, newHostVethName, readMaster, readPod, setupPod, teardownPod } from './lib/link.ts'
 import { configureLog, log } from './lib/log.ts'
 import { MAX_STDIN, type NetConf, askedVersion, decodeJSON, parseNetConf } from './lib/netconf.ts'
-import { ensureNode } from './lib/node.ts'
+import { ensureNode, nodeProblems, observeNode } from './lib/node.ts'
 import { version } from './package.json'
 
 // ---- ADD -------------------------------------------------------------------------------------------------
@@ -214,6 +214,9 @@ async function cmdGc(conf: NetConf): Promise<void> {
 
 function cmdStatus(conf: NetConf): void {
   requireVersion(conf, 'STATUS', '1.1.0')
+  // Stats and one directory listing per pool, no exec: containerd 2 calls STATUS every 5 s.
+  const [problem] = nodeProblems(observeNode())
+  if (problem) throw new CniError(Code.NotAvailable, problem.msg, problem.fix)
   const store = new Store(conf.dataDir, conf.name)
   for (const pool of conf.pools) {
     const used = store.countReserved(pool)

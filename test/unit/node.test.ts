@@ -1,0 +1,34 @@
+import { test } from 'uvu'
+import * as assert from 'uvu/assert'
+import { parseNetConf } from '../../lib/netconf.ts'
+import { chainNames, chainsFor, nodeProblems, restoreInput } from '../../lib/node.ts'
+
+const conf = (extra: Record<string, unknown> = {}) =>
+  parseNetConf(JSON.stringify({ cniVersion: '1.0.0', name: 'k8s-pod-network', type: 'kube-cni', network: '10.200.0.0/16', subnet: '10.200.1.0/24', ...extra }))
+
+test('each network has its own chains, within the 28 characters iptables allows', () => {
+  const long = 'n'.repeat(63)
+  const names = ['k8s-pod-network', 'second', long].map(chainNames)
+  for (const n of names) for (const chain of [n.forward, n.masq]) assert.ok(chain.length <= 28, chain)
+  assert.is(new Set(names.map((n) => n.masq)).size, 3)
+  assert.equal(chainNames('second'), chainNames('second'), 'stable from run to run')
+})
+
+test('the check input has only -C lines, the jumps included, and changes nothing', () => {
+  const c = conf()
+  const check = restoreInput(chainsFor(c.name, c.pools[0], true), 'check')
+  const { masq } = chainNames(c.name)
+  assert.ok(check.includes(`-C POSTROUTING -s 10.200.1.0/24 -j ${masq}\n`), check)
+  for (const line of check.split('\n').filter(Boolean)) assert.ok(/^(\*filter|\*nat|COMMIT|-C )/.test(line), line)
+})
+
+test('without br_netfilter, STATUS has a problem naming the module and how to load it for good', () => {
+  const [problem, ...more] = nodeProblems({ bridgeNetfilter: false })
+  assert.equal(more, [])
+  assert.match(problem.msg, 'br_netfilter')
+  assert.match(problem.fix, 'modprobe br_netfilter')
+  assert.match(problem.fix, '/etc/modules-load.d/')
+  assert.equal(nodeProblems({ bridgeNetfilter: true }), [])
+})
+
+test.run()
