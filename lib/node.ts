@@ -13,6 +13,7 @@ import { spawn } from 'node:child_process'
 import { CniError, Code } from './cni.ts'
 import { explainSteps, run } from './exec.ts'
 import { formatCidr } from './ip.ts'
+import { assertPrivateDir } from './ipam.ts'
 import { createBridge, linkExists } from './link.ts'
 import type { NetConf, Pool } from './netconf.ts'
 
@@ -98,6 +99,7 @@ async function iptables(argv: string[], input = ''): Promise<void> {
 /** Runs fn while holding an exclusive flock on `path`, taken by a `flock(1)` child that lives as long as we do. */
 export async function withLock<T>(path: string, fn: () => Promise<T>): Promise<T> {
   mkdirSync(join(path, '..'), { recursive: true, mode: 0o700 })
+  assertPrivateDir(join(path, '..'))
   const holder = spawn('flock', ['-x', '-w', String(LOCK_WAIT_SECONDS), path, 'cat'], { stdio: ['pipe', 'pipe', 'pipe'] })
   await new Promise<void>((resolve, reject) => {
     holder.on('error', reject)

@@ -1,6 +1,6 @@
 // The IPAM store against what real nodes and runtimes do to it: GC lists it gets wrong, records that do not
 // parse, container IDs longer than a file name, full and read-only disks, and files an attacker planted.
-import { readdirSync, writeFileSync } from 'node:fs'
+import { chmodSync, existsSync, mkdirSync, readdirSync, writeFileSync } from 'node:fs'
 import { join } from 'node:path'
 import { test } from 'uvu'
 import * as assert from 'uvu/assert'
@@ -48,6 +48,29 @@ test('a container ID longer than a file name allows works for ADD and DEL', asyn
   assert.is(r.code, 0, r.stdout + r.stderr)
   assert.equal(reserved(node), [])
   assert.equal(eth0(pod), [])
+})
+
+test('a planted record naming the bridge, or a path, deletes neither', async () => {
+  const node = new Node()
+  const a = await node.addPod('a')
+  const victim = join(String(node.conf.dataDir), '..', 'victim')
+  writeFileSync(victim, '') // an empty IP file is "reserved by a killed ADD": free would remove it
+  writeFileSync(join(storeDir(node), 'attachments', 'a:eth0'), JSON.stringify({ ips: ['../../victim'], hostVeth: 'cni0' }))
+  const r = await node.cni({ command: 'DEL', containerId: 'a', netns: nsPath(a.pod) })
+  assert.is(r.code, 0, r.stdout + r.stderr)
+  assert.ok(existsSync(victim), 'nothing outside the store is deleted')
+  assert.is(node.ip('link', 'show', 'dev', 'cni0').length, 1, 'the bridge is still there')
+  assert.equal(reserved(node), [], 'the IP file its container owns is freed all the same')
+})
+
+test('a dataDir writable by others is refused with error 5 before anything is set up', async () => {
+  const node = new Node()
+  mkdirSync(String(node.conf.dataDir), { recursive: true })
+  chmodSync(String(node.conf.dataDir), 0o777)
+  const r = await node.cni({ command: 'ADD', containerId: 'a', netns: nsPath(node.pod()) })
+  assert.is(r.json?.code, 5, r.stdout + r.stderr)
+  assert.match(r.json.msg, /ipam is writable by its group \(mode 777\)/)
+  assert.equal(node.ip('link', 'show', 'type', 'bridge'), [])
 })
 
 test.run()
