@@ -72,7 +72,7 @@ export class Store {
     this.checked = true
   }
 
-  private recordPath(o: Owner): string {
+  recordPath(o: Owner): string {
     return join(this.attachments, recordName(o))
   }
 
@@ -81,20 +81,28 @@ export class Store {
    * spec asks. The returned handle keeps the record file open so every step can rewrite it cheaply.
    */
   open(owner: Owner): Attachment {
-    mkdirSync(this.attachments, { recursive: true, mode: 0o700 })
+    makeDir(this.attachments)
     this.guard()
+    const path = this.recordPath(owner)
     let fd: number
     try {
-      fd = openSync(this.recordPath(owner), 'wx', 0o600)
+      fd = openSync(path, 'wx', 0o600)
     } catch (e) {
-      if (errno(e) !== 'EEXIST') throw ioError(`create ${this.recordPath(owner)}`, e)
+      if (errno(e) !== 'EEXIST') throw ioError('create', path, e)
       throw new CniError(
         Code.AlreadyExists,
         `container ${owner.containerId} already has an attachment on ${owner.ifname}`,
         'the runtime must DEL it before adding it again',
       )
     }
-    return new Attachment(this, owner, fd)
+    try {
+      return new Attachment(this, owner, fd)
+    } catch (e) {
+      // A full disk lets the create succeed and the first write fail: leave no empty record behind.
+      closeSync(fd)
+      discard(path)
+      throw e
+    }
   }
 
   /**
@@ -118,14 +126,23 @@ export class Store {
       if (taken?.has(ip)) continue
       attempts++
       beforeTry(ip)
+      const path = join(this.dir, ip)
       try {
-        writeFileSync(join(this.dir, ip), `${owner.containerId}\r\n${owner.ifname}`, { flag: 'wx', mode: 0o600 })
+        writeFileSync(path, `${owner.containerId}\r\n${owner.ifname}`, { flag: 'wx', mode: 0o600 })
       } catch (e) {
-        if (errno(e) !== 'EEXIST') throw ioError(`reserve ${ip} in ${this.dir}`, e)
+        if (errno(e) !== 'EEXIST') {
+          discard(path) // a full disk: created, then the write failed; not EEXIST, so the file is no one else's
+          throw ioError('reserve', path, e)
+        }
         taken ??= new Set(listDir(this.dir))
         continue
       }
-      writeAtomic(cursor, ip)
+      try {
+        writeAtomic(cursor, ip)
+      } catch (e) {
+        // Only where the next search starts: a stale cursor costs a failed create, never an address.
+        log.error(`IPAM: cannot update ${cursor}: ${(e as Error).message}`)
+      }
       log.debug(`IPAM: ${ip} for ${owner.containerId}/${owner.ifname}, ${attempts === 1 ? 'first try' : `${attempts} tries`} from the cursor`)
       return candidate
     }
@@ -248,8 +265,12 @@ export class Attachment {
 
   private save(): void {
     const text = JSON.stringify(this.record)
-    writeSync(this.fd, text, 0)
-    ftruncateSync(this.fd, Buffer.byteLength(text))
+    try {
+      writeSync(this.fd, text, 0)
+      ftruncateSync(this.fd, Buffer.byteLength(text))
+    } catch (e) {
+      throw ioError('write', this.store.recordPath(this.owner), e)
+    }
   }
 }
 
@@ -302,13 +323,13 @@ function readPlain(path: string): string | null | undefined {
   } catch (e) {
     if (errno(e) === 'ENOENT') return undefined
     if (errno(e) === 'ELOOP') return strange(path, 'a symlink')
-    throw ioError(`read ${path}`, e)
+    throw ioError('read', path, e)
   }
   try {
     if (!fstatSync(fd).isFile()) return strange(path, 'not a regular file')
     return readFileSync(fd, 'utf8')
   } catch (e) {
-    throw ioError(`read ${path}`, e)
+    throw ioError('read', path, e)
   } finally {
     closeSync(fd)
   }
@@ -329,7 +350,7 @@ export function assertPrivateDir(path: string): void {
     st = lstatSync(path)
   } catch (e) {
     if (errno(e) === 'ENOENT') return
-    throw ioError(`inspect ${path}`, e)
+    throw ioError('inspect', path, e)
   }
   const why = st.isSymbolicLink()
     ? 'a symlink'
@@ -379,11 +400,7 @@ export function writeAtomic(path: string, content: string, mode = 0o600): void {
     }
     renameSync(tmp, path)
   } catch (e) {
-    try {
-      unlinkSync(tmp)
-    } catch {
-      // never created, or already renamed
-    }
+    discard(tmp)
     throw e
   }
 }
@@ -403,13 +420,22 @@ function createExclusive(path: string, mode: number): number {
   }
 }
 
+/** Removes what a failed step of ours created, if it did; the step's own error is the one to report. */
+function discard(path: string): void {
+  try {
+    unlinkSync(path)
+  } catch {
+    // never created, or already gone
+  }
+}
+
 function unlinkQuiet(path: string): boolean {
   try {
     unlinkSync(path)
     return true
   } catch (e) {
     if (errno(e) === 'ENOENT') return false
-    throw ioError(`remove ${path}`, e)
+    throw ioError('remove', path, e)
   }
 }
 
@@ -418,10 +444,29 @@ function listDir(dir: string): string[] {
     return readdirSync(dir)
   } catch (e) {
     if (errno(e) === 'ENOENT') return []
-    throw ioError(`list ${dir}`, e)
+    throw ioError('list', dir, e)
   }
 }
 
-function ioError(what: string, e: unknown): CniError {
-  return new CniError(Code.IOFailure, `IPAM store: cannot ${what}: ${(e as Error).message}`, 'check dataDir in the network config: it must be a writable directory')
+/** Creates a store directory (and the parents), root's alone. */
+export function makeDir(path: string): void {
+  try {
+    mkdirSync(path, { recursive: true, mode: 0o700 })
+  } catch (e) {
+    throw ioError('create the directory', path, e)
+  }
+}
+
+/** Error 5 for a disk or permission problem, saying which file and what would fix it. */
+export function ioError(action: string, path: string, e: unknown): CniError {
+  const code = errno(e)
+  const [why, todo] =
+    code === 'ENOSPC' || code === 'EDQUOT'
+      ? ['the filesystem is full', `free space on the filesystem that holds ${path} (the default dataDir /run/kube-cni/ipam is on the /run tmpfs)`]
+      : code === 'EROFS'
+        ? ['the filesystem is read-only', `set dataDir in the network config to a writable directory, or remount the filesystem that holds ${path} read-write`]
+        : code === 'EACCES' || code === 'EPERM'
+          ? ['permission denied', `kube-cni must run as root (the container runtime runs it so), and ${path} must be writable by it`]
+          : [(e as Error).message, 'check dataDir in the network config: it must be a writable directory']
+  return new CniError(Code.IOFailure, `IPAM store: cannot ${action} ${path}: ${why}`, todo)
 }

@@ -225,6 +225,14 @@ test('a store directory that is a symlink, or writable by group or others, is re
   }
 })
 
+test('the round-robin cursor is best-effort: failing to write it fails no ADD and leaves no temp file', () => {
+  const conf = confFor('10.200.1.0/24')
+  const store = new Store(dir, 'net')
+  mkdirSync(join(dir, 'net', 'last_reserved_ip.4', 'x'), { recursive: true }) // rename onto it fails
+  assert.is(take(store, conf, 'a'), '10.200.1.2')
+  assert.equal(readdirSync(join(dir, 'net')).filter((f) => f.endsWith('.tmp')), [])
+})
+
 test('50 processes allocating at once get 50 distinct IPs', async () => {
   const worker = join(dir, 'worker.cjs')
   buildSync({ entryPoints: [join(__dirname, '..', 'helpers', 'ipam-worker.ts')], bundle: true, platform: 'node', format: 'cjs', outfile: worker, logLevel: 'error' })
