@@ -7,12 +7,19 @@
 //   attachments/<cid>:<if>    the attachment's record, created exclusively BEFORE any IP is taken; a
 //                             container ID too long for a file name is cut, with a hash of the whole ID
 //
+// Nothing in the store is trusted: its directories must be root's and closed to others (anyone else could plant
+// a symlink or a record), no file is read through a symlink, and a record's IPs and host veth name must look like
+// what kube-cni writes before they become a file name or an `ip` argument.
+//
 // No lock is needed: the kernel lets exactly one O_EXCL create win. The record is written ahead of every
 // attempt (the candidate IP and the host veth name), so a plugin SIGKILLed at any point leaves a record
 // that DEL can follow to free exactly what was taken. DEL never has to ask the netns.
 import {
   closeSync,
+  constants,
+  fstatSync,
   ftruncateSync,
+  lstatSync,
   mkdirSync,
   openSync,
   readFileSync,
@@ -49,12 +56,24 @@ export class Store {
   readonly dir: string
   private readonly attachments: string
 
-  constructor(dataDir: string, network: string) {
+  private checked = false
+
+  constructor(
+    private readonly dataDir: string,
+    network: string,
+  ) {
     this.dir = join(dataDir, network)
     this.attachments = join(this.dir, 'attachments')
   }
 
-  private recordPath(o: Owner): string {
+  /** Once per process, before the store's files are read or written: three lstats. */
+  private guard(): void {
+    if (this.checked) return
+    for (const dir of [this.dataDir, this.dir, this.attachments]) assertPrivateDir(dir)
+    this.checked = true
+  }
+
+  recordPath(o: Owner): string {
     return join(this.attachments, recordName(o))
   }
 
@@ -63,19 +82,28 @@ export class Store {
    * spec asks. The returned handle keeps the record file open so every step can rewrite it cheaply.
    */
   open(owner: Owner): Attachment {
-    mkdirSync(this.attachments, { recursive: true, mode: 0o700 })
+    makeDir(this.attachments)
+    this.guard()
+    const path = this.recordPath(owner)
     let fd: number
     try {
-      fd = openSync(this.recordPath(owner), 'wx', 0o600)
+      fd = openSync(path, 'wx', 0o600)
     } catch (e) {
-      if (errno(e) !== 'EEXIST') throw ioError(`create ${this.recordPath(owner)}`, e)
+      if (errno(e) !== 'EEXIST') throw ioError('create', path, e)
       throw new CniError(
         Code.AlreadyExists,
         `container ${owner.containerId} already has an attachment on ${owner.ifname}`,
         'the runtime must DEL it before adding it again',
       )
     }
-    return new Attachment(this, owner, fd)
+    try {
+      return new Attachment(this, owner, fd)
+    } catch (e) {
+      // A full disk lets the create succeed and the first write fail: leave no empty record behind.
+      closeSync(fd)
+      discard(path)
+      throw e
+    }
   }
 
   /**
@@ -85,6 +113,7 @@ export class Store {
    * not pay a failed create and a record write for each of them.
    */
   reserve(pool: Pool, owner: Owner, beforeTry: (ip: string) => void): bigint {
+    this.guard()
     const size = pool.lastHost - pool.firstHost + 1n
     const cursor = join(this.dir, `last_reserved_ip.${pool.family}`)
     const last = readLast(cursor, pool)
@@ -98,14 +127,23 @@ export class Store {
       if (taken?.has(ip)) continue
       attempts++
       beforeTry(ip)
+      const path = join(this.dir, ip)
       try {
-        writeFileSync(join(this.dir, ip), `${owner.containerId}\r\n${owner.ifname}`, { flag: 'wx', mode: 0o600 })
+        writeFileSync(path, `${owner.containerId}\r\n${owner.ifname}`, { flag: 'wx', mode: 0o600 })
       } catch (e) {
-        if (errno(e) !== 'EEXIST') throw ioError(`reserve ${ip} in ${this.dir}`, e)
+        if (errno(e) !== 'EEXIST') {
+          discard(path) // a full disk: created, then the write failed; not EEXIST, so the file is no one else's
+          throw ioError('reserve', path, e)
+        }
         taken ??= new Set(listDir(this.dir))
         continue
       }
-      writeAtomic(cursor, ip)
+      try {
+        writeAtomic(cursor, ip)
+      } catch (e) {
+        // Only where the next search starts: a stale cursor costs a failed create, never an address.
+        log.error(`IPAM: cannot update ${cursor}: ${(e as Error).message}`)
+      }
       log.debug(`IPAM: ${ip} for ${owner.containerId}/${owner.ifname}, ${attempts === 1 ? 'first try' : `${attempts} tries`} from the cursor`)
       return candidate
     }
@@ -118,6 +156,7 @@ export class Store {
 
   /** Frees the IP if `owner` holds it. An empty file is a reservation whose creator died mid-write. */
   free(ip: string, owner: Owner): boolean {
+    if (!isAddressName(ip)) return false
     const path = join(this.dir, ip)
     const holder = readOwner(path)
     if (holder === undefined) return false
@@ -126,6 +165,8 @@ export class Store {
   }
 
   ownerOf(ip: string): Owner | null | undefined {
+    if (!isAddressName(ip)) return undefined
+    this.guard()
     return readOwner(join(this.dir, ip))
   }
 
@@ -134,14 +175,10 @@ export class Store {
    * owner holds stand in for its list, as host-local finds them by scanning its store.
    */
   readRecord(owner: Owner): AttachmentRecord | undefined {
-    let text: string
-    try {
-      text = readFileSync(this.recordPath(owner), 'utf8')
-    } catch (e) {
-      if (errno(e) === 'ENOENT') return undefined
-      throw ioError(`read ${this.recordPath(owner)}`, e)
-    }
-    const record = parseRecord(text)
+    this.guard()
+    const text = readPlain(this.recordPath(owner))
+    if (text === undefined) return undefined
+    const record = text === null ? undefined : parseRecord(text)
     if (record) return record
     const ips = this.listReserved()
       .filter((r) => r.owner?.containerId === owner.containerId && r.owner.ifname === owner.ifname)
@@ -151,16 +188,18 @@ export class Store {
   }
 
   dropRecord(owner: Owner): void {
+    this.guard()
     unlinkQuiet(this.recordPath(owner))
   }
 
   /** Every attachment on record, for GC. */
   listAttachments(): { owner: Owner; record: AttachmentRecord }[] {
+    this.guard()
     return listDir(this.attachments).flatMap((key) => {
       const colon = key.lastIndexOf(':')
       if (colon < 0) return []
       const named = { containerId: key.slice(0, colon), ifname: key.slice(colon + 1) }
-      const record = parseRecord(readQuiet(join(this.attachments, key)) ?? '')
+      const record = parseRecord(readPlain(join(this.attachments, key)) ?? '')
       const owner = record?.containerId && record.ifname ? { containerId: record.containerId, ifname: record.ifname } : named
       // A cut name with a damaged record names no owner: its IP files still do, and GC frees them by those.
       if (owner.containerId.includes(HASHED)) return []
@@ -171,6 +210,7 @@ export class Store {
 
   /** Every reserved IP with its owner (null when the file is empty), for GC and STATUS. */
   listReserved(): { ip: string; family: Family; value: bigint; owner: Owner | null }[] {
+    this.guard()
     return listDir(this.dir).flatMap((name) => {
       const addr = parseAddress(name)
       if (!addr) return []
@@ -232,8 +272,12 @@ export class Attachment {
 
   private save(): void {
     const text = JSON.stringify(this.record)
-    writeSync(this.fd, text, 0)
-    ftruncateSync(this.fd, Buffer.byteLength(text))
+    try {
+      writeSync(this.fd, text, 0)
+      ftruncateSync(this.fd, Buffer.byteLength(text))
+    } catch (e) {
+      throw ioError('write', this.store.recordPath(this.owner), e)
+    }
   }
 }
 
@@ -250,7 +294,16 @@ function recordName(o: Owner): string {
   return `${o.containerId.slice(0, 128)}${HASHED}${hash}:${o.ifname}`
 }
 
-/** undefined when the text is not a record. */
+// What newHostVethName (lib/link.ts) makes. A record naming anything else (the bridge, the uplink) is not ours.
+const HOST_VETH = /^veth[0-9a-f]{8}$/
+
+/** An IP as kube-cni names its files: nothing else may become a path in the store. */
+function isAddressName(ip: unknown): ip is string {
+  const addr = typeof ip === 'string' ? parseAddress(ip) : undefined
+  return addr !== undefined && formatAddress(addr.family, addr.value) === ip
+}
+
+/** undefined when the text is not a record kube-cni could have written. */
 function parseRecord(text: string): AttachmentRecord | undefined {
   let r
   try {
@@ -258,27 +311,75 @@ function parseRecord(text: string): AttachmentRecord | undefined {
   } catch {
     return undefined
   }
-  if (typeof r !== 'object' || r === null || !Array.isArray(r.ips)) return undefined
-  return { containerId: r.containerId, ifname: r.ifname, ips: r.ips, hostVeth: r.hostVeth, pids: r.pids }
+  if (typeof r !== 'object' || r === null || !Array.isArray(r.ips) || !r.ips.every(isAddressName)) return undefined
+  if (r.hostVeth !== undefined && !(typeof r.hostVeth === 'string' && HOST_VETH.test(r.hostVeth))) return undefined
+  if (r.pids !== undefined && !(Array.isArray(r.pids) && r.pids.every((p: unknown) => Number.isSafeInteger(p) && (p as number) > 0)))
+    return undefined
+  const str = (v: unknown) => (typeof v === 'string' ? v : undefined)
+  return { containerId: str(r.containerId), ifname: str(r.ifname), ips: r.ips, hostVeth: r.hostVeth, pids: r.pids }
 }
 
-function readQuiet(path: string): string | undefined {
+/**
+ * The text of a regular file, never through a symlink (and never blocking on a planted FIFO); undefined when
+ * there is no such file, null when it is something kube-cni never makes (logged).
+ */
+function readPlain(path: string): string | null | undefined {
+  let fd: number
   try {
-    return readFileSync(path, 'utf8')
-  } catch {
-    return undefined
+    fd = openSync(path, constants.O_RDONLY | constants.O_NOFOLLOW | constants.O_NONBLOCK)
+  } catch (e) {
+    if (errno(e) === 'ENOENT') return undefined
+    if (errno(e) === 'ELOOP') return strange(path, 'a symlink')
+    throw ioError('read', path, e)
   }
+  try {
+    if (!fstatSync(fd).isFile()) return strange(path, 'not a regular file')
+    return readFileSync(fd, 'utf8')
+  } catch (e) {
+    throw ioError('read', path, e)
+  } finally {
+    closeSync(fd)
+  }
+}
+
+function strange(path: string, what: string): null {
+  log.error(`IPAM: ${path} is ${what}, which kube-cni never makes: not reading it`)
+  return null
+}
+
+/**
+ * The store's directories: real directories (not symlinks), owned by root (or whoever runs us), and writable by
+ * no one else, who could otherwise plant records and symlinks. Missing ones are fine: nothing to read there.
+ */
+export function assertPrivateDir(path: string): void {
+  let st
+  try {
+    st = lstatSync(path)
+  } catch (e) {
+    if (errno(e) === 'ENOENT') return
+    throw ioError('inspect', path, e)
+  }
+  const why = st.isSymbolicLink()
+    ? 'a symlink'
+    : !st.isDirectory()
+      ? 'not a directory'
+      : st.uid !== 0 && st.uid !== process.getuid?.()
+        ? `owned by uid ${st.uid}, not root`
+        : st.mode & 0o022
+          ? `writable by ${st.mode & 0o020 ? 'its group' : 'others'} (mode ${(st.mode & 0o7777).toString(8)})`
+          : ''
+  if (why)
+    throw new CniError(
+      Code.IOFailure,
+      `IPAM store: ${path} is ${why}; kube-cni keeps its state only where no one else can plant files`,
+      `make it a directory owned by root and writable only by root (chown root: ${path}; chmod go-w ${path}), or set dataDir to such a directory`,
+    )
 }
 
 /** undefined: no such file; null: a file with no owner written yet. */
 function readOwner(path: string): Owner | null | undefined {
-  let text: string
-  try {
-    text = readFileSync(path, 'utf8')
-  } catch (e) {
-    if (errno(e) === 'ENOENT') return undefined
-    throw ioError(`read ${path}`, e)
-  }
+  const text = readPlain(path)
+  if (text == null) return undefined // a symlink is no reservation of ours, and is never followed to free it
   const [containerId, ifname = ''] = text.split(/\r?\n/)
   return containerId ? { containerId: containerId.trim(), ifname: ifname.trim() } : null
 }
@@ -297,8 +398,42 @@ function readLast(cursor: string, pool: Pool): bigint | undefined {
 /** Readers see the old content or the new one, never half of either. */
 export function writeAtomic(path: string, content: string, mode = 0o600): void {
   const tmp = `${path}.${process.pid}.tmp`
-  writeFileSync(tmp, content, { mode })
-  renameSync(tmp, path)
+  try {
+    const fd = createExclusive(tmp, mode)
+    try {
+      writeFileSync(fd, content)
+    } finally {
+      closeSync(fd)
+    }
+    renameSync(tmp, path)
+  } catch (e) {
+    discard(tmp)
+    throw e
+  }
+}
+
+/**
+ * A new file that is really new: O_EXCL|O_NOFOLLOW never writes through a planted symlink. A leftover of a dead
+ * process with our pid (or a planted file) is removed, never followed, and the create tried once more.
+ */
+function createExclusive(path: string, mode: number): number {
+  const flags = constants.O_WRONLY | constants.O_CREAT | constants.O_EXCL | constants.O_NOFOLLOW
+  try {
+    return openSync(path, flags, mode)
+  } catch (e) {
+    if (errno(e) !== 'EEXIST') throw e
+    unlinkSync(path)
+    return openSync(path, flags, mode)
+  }
+}
+
+/** Removes what a failed step of ours created, if it did; the step's own error is the one to report. */
+function discard(path: string): void {
+  try {
+    unlinkSync(path)
+  } catch {
+    // never created, or already gone
+  }
 }
 
 function unlinkQuiet(path: string): boolean {
@@ -307,7 +442,7 @@ function unlinkQuiet(path: string): boolean {
     return true
   } catch (e) {
     if (errno(e) === 'ENOENT') return false
-    throw ioError(`remove ${path}`, e)
+    throw ioError('remove', path, e)
   }
 }
 
@@ -316,10 +451,29 @@ function listDir(dir: string): string[] {
     return readdirSync(dir)
   } catch (e) {
     if (errno(e) === 'ENOENT') return []
-    throw ioError(`list ${dir}`, e)
+    throw ioError('list', dir, e)
   }
 }
 
-function ioError(what: string, e: unknown): CniError {
-  return new CniError(Code.IOFailure, `IPAM store: cannot ${what}: ${(e as Error).message}`, 'check dataDir in the network config: it must be a writable directory')
+/** Creates a store directory (and the parents), root's alone. */
+export function makeDir(path: string): void {
+  try {
+    mkdirSync(path, { recursive: true, mode: 0o700 })
+  } catch (e) {
+    throw ioError('create the directory', path, e)
+  }
+}
+
+/** Error 5 for a disk or permission problem, saying which file and what would fix it. */
+export function ioError(action: string, path: string, e: unknown): CniError {
+  const code = errno(e)
+  const [why, todo] =
+    code === 'ENOSPC' || code === 'EDQUOT'
+      ? ['the filesystem is full', `free space on the filesystem that holds ${path} (the default dataDir /run/kube-cni/ipam is on the /run tmpfs)`]
+      : code === 'EROFS'
+        ? ['the filesystem is read-only', `set dataDir in the network config to a writable directory, or remount the filesystem that holds ${path} read-write`]
+        : code === 'EACCES' || code === 'EPERM'
+          ? ['permission denied', `kube-cni must run as root (the container runtime runs it so), and ${path} must be writable by it`]
+          : [(e as Error).message, 'check dataDir in the network config: it must be a writable directory']
+  return new CniError(Code.IOFailure, `IPAM store: cannot ${action} ${path}: ${why}`, todo)
 }

@@ -9,15 +9,15 @@
 // - the bridge and the sysctls are reads under /proc/sys/net, which reflects the netns of the reader;
 // - the rules are one `iptables-restore --noflush` per family whose every line is a `-C` check: it changes
 //   nothing and fails when a rule or chain is gone.
-// The repair runs under an flock held by a child `flock` process; the kernel drops it when that child's stdin
-// pipe closes, which happens when we exit, even by SIGKILL, so the lock cannot outlive its holder, and `-w`
-// bounds the wait so it cannot deadlock.
-import { existsSync, mkdirSync, readFileSync, writeFileSync } from 'node:fs'
+// The repair runs under an flock on a file we hold open (see withLock); the kernel drops it when we exit, even
+// by SIGKILL, so the lock cannot outlive its holder, and `-w` bounds the wait so it cannot deadlock.
+import { closeSync, constants, existsSync, openSync, readFileSync, writeFileSync } from 'node:fs'
 import { join } from 'node:path'
 import { spawn } from 'node:child_process'
 import { CniError, Code } from './cni.ts'
 import { explainSteps, run, spawnError } from './exec.ts'
 import { formatCidr } from './ip.ts'
+import { assertPrivateDir, ioError, makeDir, writeAtomic } from './ipam.ts'
 import { createBridge, linkExists } from './link.ts'
 import { log } from './log.ts'
 import type { NetConf, Pool } from './netconf.ts'
@@ -36,8 +36,12 @@ export async function ensureNode(conf: NetConf): Promise<void> {
     enableKnobs(conf)
     for (const pool of conf.pools) await ensureRules(conf, pool, previous)
     if (!linkExists(conf.bridge)) await createBridge(conf)
-    mkdirSync(join(marker, '..'), { recursive: true, mode: 0o700 })
-    writeFileSync(marker, wanted)
+    makeDir(join(marker, '..'))
+    try {
+      writeAtomic(marker, wanted)
+    } catch (e) {
+      throw ioError('write', marker, e)
+    }
   })
 }
 
@@ -219,20 +223,31 @@ async function iptables(conf: NetConf, argv: string[], input = ''): Promise<void
   if (r.code !== 0) throw new CniError(Code.Internal, `${argv.join(' ')} failed: ${r.stderr.trim()}`, hint)
 }
 
-/** Runs fn while holding an exclusive flock on `path`, taken by a `flock(1)` child that lives as long as we do. */
+/**
+ * Runs fn while holding an exclusive flock on `path`. We open the file ourselves, so a disk or permission
+ * problem is error 5 naming it (never a lock timeout); `flock(1)` takes the lock on our open file description
+ * passed as its fd 3 and exits. The lock belongs to that description, which our fd keeps open: it ends when we
+ * close it or exit, even by SIGKILL.
+ */
 export async function withLock<T>(path: string, fn: () => Promise<T>): Promise<T> {
-  mkdirSync(join(path, '..'), { recursive: true, mode: 0o700 })
-  const holder = spawn('flock', ['-x', '-w', String(LOCK_WAIT_SECONDS), path, 'cat'], { stdio: ['pipe', 'pipe', 'pipe'] })
-  await new Promise<void>((resolve, reject) => {
-    holder.on('error', (e) => reject(spawnError('flock', e)))
-    holder.on('exit', () => reject(new CniError(Code.TryAgainLater, `could not lock ${path} within ${LOCK_WAIT_SECONDS}s`, 'another kube-cni is setting up this node; retry')))
-    holder.stdout.once('data', () => resolve()) // cat echoes our byte only once flock holds the lock
-    holder.stdin.write('\n')
-  })
+  makeDir(join(path, '..'))
+  assertPrivateDir(join(path, '..'))
+  let fd: number
   try {
+    // O_RDONLY is enough for flock, and opens an existing lock file on a read-only filesystem too.
+    fd = openSync(path, constants.O_RDONLY | constants.O_CREAT | constants.O_NOFOLLOW, 0o600)
+  } catch (e) {
+    throw ioError('open the lock file', path, e)
+  }
+  try {
+    const code = await new Promise<number | null>((resolve, reject) => {
+      const flock = spawn('flock', ['-x', '-w', String(LOCK_WAIT_SECONDS), '3'], { stdio: ['ignore', 'ignore', 'inherit', fd] })
+      flock.on('error', (e) => reject(spawnError('flock', e)))
+      flock.on('exit', resolve)
+    })
+    if (code !== 0) throw new CniError(Code.TryAgainLater, `could not lock ${path} within ${LOCK_WAIT_SECONDS}s`, 'another kube-cni is setting up this node; retry')
     return await fn()
   } finally {
-    holder.removeAllListeners('exit')
-    holder.stdin.end()
+    closeSync(fd)
   }
 }
