@@ -1,9 +1,9 @@
 // Where kube-cni learns the nodes: a Kubernetes NodeList, exactly as `kubectl get nodes -o json` prints
-// it, read from a file, from stdin, by running kubectl, or, inside a pod, from the API server with the
-// pod's service account (a small client on node's https: GET only, nodes only).
+// it, read from a file, from stdin, by running kubectl, or from the API server: in a pod with its service
+// account, on a node with $KUBECONFIG, the kubelet's own (a small client on node's https: GET only, nodes only).
 import { readFileSync } from 'node:fs'
 import { request } from 'node:https'
-import { join } from 'node:path'
+import { dirname, join, resolve } from 'node:path'
 import { run } from './exec.ts'
 
 /** A Node as the API sends it. A NodeList is untrusted, so routes reads items through the accessors below,
@@ -39,41 +39,99 @@ export function readNodeListFile(path: string): NodeList {
   return parseNodeList(readFileSync(path === '-' ? 0 : path, 'utf8'), path === '-' ? 'stdin' : path)
 }
 
-/** From kubectl when asked for, else from the API when running in a pod, else from kubectl on PATH. */
+/** From kubectl when asked for, else from the API (in a pod, or with $KUBECONFIG), else from kubectl on PATH. */
 export async function readNodeList(opts: { kubectl?: string }): Promise<NodeList> {
-  if (!opts.kubectl && process.env.KUBERNETES_SERVICE_HOST) return parseNodeList(await apiGet('/api/v1/nodes'), 'the API server')
+  const api = opts.kubectl ? undefined : apiAccess()
+  if (api) return parseNodeList(await apiGet('/api/v1/nodes', api), `the API server ${api.server}`)
   return readNodeListKubectl(opts.kubectl ?? 'kubectl')
 }
 
 export async function readNode(name: string, opts: { kubectl?: string }): Promise<KubeNode> {
-  if (!opts.kubectl && process.env.KUBERNETES_SERVICE_HOST) return JSON.parse(await apiGet(`/api/v1/nodes/${encodeURIComponent(name)}`))
+  const api = opts.kubectl ? undefined : apiAccess()
+  if (api) return JSON.parse(await apiGet(`/api/v1/nodes/${encodeURIComponent(name)}`, api))
   const r = await run([opts.kubectl ?? 'kubectl', 'get', 'node', name, '-o', 'json'])
   if (r.code !== 0) throw new Error(`kubectl get node ${name} failed: ${r.stderr.trim()}`)
   return JSON.parse(r.stdout)
 }
 
+/** Where the API server is, and how this client proves who it is. */
+export interface ApiAccess {
+  server: URL
+  ca?: Buffer
+  cert?: Buffer
+  key?: Buffer
+  token?: string
+}
+
 /** The service account's files; KUBE_CNI_SA_DIR moves them, for the test's stand-in API server only. */
 const SA_DIR = () => process.env.KUBE_CNI_SA_DIR ?? '/var/run/secrets/kubernetes.io/serviceaccount'
 
-/** GET a path from the API server the way every in-cluster client does: its service, token and CA. */
-export async function apiGet(path: string): Promise<string> {
-  const host = process.env.KUBERNETES_SERVICE_HOST!
-  const port = process.env.KUBERNETES_SERVICE_PORT ?? '443'
-  const token = readFileSync(join(SA_DIR(), 'token'), 'utf8').trim()
-  const ca = readFileSync(join(SA_DIR(), 'ca.crt'))
+/** In a pod: its service account. On a node: $KUBECONFIG (the routes agent gets the kubelet's own). */
+function apiAccess(): ApiAccess | undefined {
+  const host = process.env.KUBERNETES_SERVICE_HOST
+  if (host) {
+    return {
+      server: new URL(`https://${host.includes(':') ? `[${host}]` : host}:${process.env.KUBERNETES_SERVICE_PORT ?? '443'}`),
+      token: readFileSync(join(SA_DIR(), 'token'), 'utf8').trim(),
+      ca: readFileSync(join(SA_DIR(), 'ca.crt')),
+    }
+  }
+  const file = process.env.KUBECONFIG
+  // A merged list of kubeconfigs is kubectl's business.
+  return file && !file.includes(':') ? kubeconfigAccess(file) : undefined
+}
+
+/**
+ * What kubeadm writes (kubelet.conf, admin.conf): one cluster, one user, one context, with a client certificate
+ * or a token. Those keys are read directly; a kubeconfig with more (several contexts, an exec or auth-provider
+ * login, JSON) is left to kubectl, which reads $KUBECONFIG too.
+ */
+export function kubeconfigAccess(file: string): ApiAccess | undefined {
+  let text: string
+  try {
+    text = readFileSync(file, 'utf8')
+  } catch (e) {
+    throw new Error(`cannot read the kubeconfig ${file} (from $KUBECONFIG): ${(e as Error).message}`)
+  }
+  const values = (key: string) =>
+    [...text.matchAll(new RegExp(`^[ \\t]*(?:- )?${key}:[ \\t]*(.*?)[ \\t]*$`, 'gm'))].map((m) => m[1].replace(/^(["'])(.*)\1$/, '$2'))
+  const one = (key: string) => values(key)[0] || undefined
+  if (values('context').length !== 1 || values('server').length !== 1 || values('exec').length || values('auth-provider').length) return undefined
+  // Relative paths in a kubeconfig are relative to the file itself.
+  const read = (data?: string, path?: string) => (data ? Buffer.from(data, 'base64') : path ? readFileSync(resolve(dirname(file), path)) : undefined)
+  const tokenFile = one('tokenFile')
+  return {
+    server: new URL(one('server')!),
+    ca: read(one('certificate-authority-data'), one('certificate-authority')),
+    cert: read(one('client-certificate-data'), one('client-certificate')),
+    key: read(one('client-key-data'), one('client-key')),
+    token: one('token') ?? (tokenFile ? readFileSync(resolve(dirname(file), tokenFile), 'utf8').trim() : undefined),
+  }
+}
+
+/** GET a path from the API server the way every client does: its address, its CA, and a token or a certificate. */
+export async function apiGet(path: string, api: ApiAccess): Promise<string> {
+  const where = `GET ${new URL(path, api.server)}`
   return new Promise((resolve, reject) => {
     const req = request(
-      { host, port, path, ca, headers: { Authorization: `Bearer ${token}`, Accept: 'application/json' }, timeout: 10_000 },
+      {
+        host: api.server.hostname.replace(/^\[|\]$/g, ''),
+        port: api.server.port || 443,
+        path: api.server.pathname.replace(/\/$/, '') + path,
+        ca: api.ca,
+        cert: api.cert,
+        key: api.key,
+        headers: { ...(api.token ? { Authorization: `Bearer ${api.token}` } : {}), Accept: 'application/json' },
+        timeout: 10_000,
+      },
       (res) => {
         let body = ''
         res.setEncoding('utf8').on('data', (d) => (body += d))
-        res.on('end', () =>
-          res.statusCode === 200 ? resolve(body) : reject(new Error(`GET https://${host}:${port}${path}: HTTP ${res.statusCode}: ${body.slice(0, 200)}`)),
-        )
+        res.on('end', () => (res.statusCode === 200 ? resolve(body) : reject(new Error(`${where}: HTTP ${res.statusCode}: ${body.slice(0, 200)}`))))
       },
     )
-    req.on('timeout', () => req.destroy(new Error(`GET https://${host}:${port}${path}: timed out`)))
-    req.on('error', reject)
+    req.on('timeout', () => req.destroy(new Error(`${where}: timed out`)))
+    req.on('error', (e) => reject(new Error(`${where}: ${e.message}`)))
     req.end()
   })
 }
