@@ -1,10 +1,11 @@
 // containerd 1.6's CRI plugin, run as a node's runtime for a test: started with `nsenter --net=<node netns>`
 // (not `ip netns exec`, whose private mount namespace would hide the sandbox netns mounts), with its own root,
-// state, socket, opt and runc dirs under the test's temp dir, so a system containerd is never touched; shims
-// still put their sockets in /run/containerd/s. No registry: the busybox image (test/helpers/oci.ts) is the
+// state, socket, opt and runc dirs under the test's temp dir, so a system containerd is never touched; the
+// sandboxes' netns are pinned in its state dir, not /run/netns; shims still put their sockets in
+// /run/containerd/s (removed with them). No registry: the busybox image (test/helpers/oci.ts) is the
 // sandbox image, imported with ctr. Pods go in a cgroup_parent of this instance's own, removed at stop.
-// Facts behind each setting: ../../../shared/k8s-notes.md.
 import { spawn, type ChildProcess } from 'node:child_process'
+import { createHash } from 'node:crypto'
 import { existsSync, mkdirSync, readdirSync, readFileSync, rmSync, rmdirSync, writeFileSync } from 'node:fs'
 import { join } from 'node:path'
 import { Node, PREFIX, TMP, nsPath, sh } from './cluster.ts'
@@ -15,6 +16,7 @@ import { BUSYBOX, IMAGE, buildImage } from './oci.ts'
 export { IMAGE }
 export const NAMESPACE = 'k8s.io' // the CRI plugin's containerd namespace
 const CGROUPS = '/sys/fs/cgroup'
+const SHIM_SOCKETS = '/run/containerd/s'
 
 /** What this machine lacks to run containerd's CRI (empty when nothing). */
 export function missingTools(): string[] {
@@ -53,7 +55,6 @@ export class Containerd {
   readonly logFile: string
   cri: Cri
   private proc?: ChildProcess
-  private readonly netnsPaths = new Map<string, string>() // sandbox id → the netns containerd pinned for it
   private pods = 0
 
   private constructor(readonly node: Node, opts: ContainerdOptions) {
@@ -77,8 +78,9 @@ export class Containerd {
     if (missing.length) throw new Error(`containerd's CRI cannot run here: ${missing.join(', ')} missing (apt-get install containerd runc busybox-static containernetworking-plugins)`)
     if (!exitHook) {
       exitHook = true
-      // Last resort when a test dies without stop(): nothing of ours may outlive the process.
-      process.on('exit', () => running.forEach((c) => c.kill()))
+      // Last resort when a test dies without stop(): nothing of ours may outlive the process. Before
+      // cluster.ts's own exit hook, which deletes the node netns and the temp dir under containerd's mounts.
+      process.prependListener('exit', () => running.forEach((c) => c.kill()))
     }
     const c = new Containerd(node, opts)
     running.add(c)
@@ -110,6 +112,8 @@ disabled_plugins = ["io.containerd.snapshotter.v1.btrfs", "io.containerd.snapsho
   sandbox_image = "${IMAGE}"
   # This VM forbids lowering oom_score_adj; without this runc fails every sandbox.
   restrict_oom_score_adj = true
+  # Sandbox netns in this instance's state dir, not /run/netns: a killed test leaves none behind.
+  netns_mounts_under_state_dir = true
   stream_server_address = "127.0.0.1"
   stream_server_port = "0"
   enable_selinux = false
@@ -185,20 +189,11 @@ disabled_plugins = ["io.containerd.snapshotter.v1.btrfs", "io.containerd.snapsho
     }
   }
 
-  /** RunPodSandbox; remembers the sandbox's netns so that even a crashed test leaves no netns mount behind. */
-  async runPod(config: PodSandboxConfig): Promise<string> {
-    const id = await this.cri.runPodSandbox(config)
-    await this.netnsOf(id)
-    return id
-  }
-
-  /** The path of the sandbox's netns (containerd pins it in /var/run/netns), or '' for a hostNetwork pod. */
+  /** The path of the sandbox's netns (pinned under this instance's state dir), or '' for a hostNetwork pod. */
   async netnsOf(id: string): Promise<string> {
     const { info } = await this.cri.podSandboxStatus(id)
     const ns = (info.runtimeSpec?.linux?.namespaces ?? []).find((n: { type: string }) => n.type === 'network')
-    const path: string = ns?.path ?? ''
-    if (path) this.netnsPaths.set(id, path)
-    return path
+    return ns?.path ?? ''
   }
 
   /** CreateContainer + StartContainer, as the kubelet does for each container of a pod; logs go to
@@ -252,7 +247,6 @@ disabled_plugins = ["io.containerd.snapshotter.v1.btrfs", "io.containerd.snapsho
         for (const pod of await this.cri.listPodSandbox()) {
           await this.cri.stopPodSandbox(pod.id).catch((e) => errors.push(e.message))
           await this.cri.removePodSandbox(pod.id).catch((e) => errors.push(e.message))
-          this.netnsPaths.delete(pod.id)
         }
       } catch (e) {
         errors.push((e as Error).message)
@@ -263,13 +257,14 @@ disabled_plugins = ["io.containerd.snapshotter.v1.btrfs", "io.containerd.snapsho
     if (errors.length) throw new Error(`containerd stop: ${errors.join('; ')}`)
   }
 
-  /** Synchronous teardown: containerd, its shims and containers, the netns it pinned, cgroups, files. */
+  /** Synchronous teardown: containerd, its shims and containers, its mounts (the netns among them), cgroups, files. */
   private kill(): void {
     running.delete(this)
     this.cri.close()
     if (this.proc && this.proc.exitCode === null && this.proc.signalCode === null) this.proc.kill('SIGKILL')
     const runcRoot = join(this.dir, 'runc', NAMESPACE)
-    for (const id of existsSync(runcRoot) ? readdirSync(runcRoot) : []) sh(['runc', '--root', runcRoot, 'delete', '--force', id])
+    const ids = existsSync(runcRoot) ? readdirSync(runcRoot) : []
+    for (const id of ids) sh(['runc', '--root', runcRoot, 'delete', '--force', id])
     // The shims name this instance's socket on their command line; nothing else does.
     for (const pid of readdirSync('/proc').filter((p) => /^\d+$/.test(p))) {
       let cmd = ''
@@ -280,11 +275,9 @@ disabled_plugins = ["io.containerd.snapshotter.v1.btrfs", "io.containerd.snapsho
       }
       if (cmd.split('\0')[0].includes('containerd-shim') && cmd.split('\0').includes(this.socket)) sh(['kill', '-KILL', pid])
     }
-    for (const path of this.netnsPaths.values()) {
-      sh(['umount', path])
-      rmSync(path, { force: true })
-    }
-    this.netnsPaths.clear()
+    // A killed shim leaves its socket, named as containerd 1.6 names it: sha256 of <address>/<namespace>/<id>.
+    for (const id of ids) rmSync(join(SHIM_SOCKETS, createHash('sha256').update(join(this.socket, NAMESPACE, id)).digest('hex')), { force: true })
+    // The sandboxes' netns are pinned under the state dir too (netns_mounts_under_state_dir).
     for (const mnt of readFileSync('/proc/self/mountinfo', 'utf8').split('\n').map((l) => l.split(' ')[4]).filter((m) => m?.startsWith(this.dir)).reverse()) sh(['umount', '-l', mnt])
     this.removeCgroups()
     rmSync(this.dir, { recursive: true, force: true })
