@@ -6,7 +6,7 @@
 // sandbox image, imported with ctr. Pods go in a cgroup_parent of this instance's own, removed at stop.
 import { spawn, type ChildProcess } from 'node:child_process'
 import { createHash } from 'node:crypto'
-import { existsSync, mkdirSync, readdirSync, readFileSync, rmSync, rmdirSync, writeFileSync } from 'node:fs'
+import { closeSync, existsSync, mkdirSync, openSync, readdirSync, readFileSync, rmSync, rmdirSync, writeFileSync } from 'node:fs'
 import { join } from 'node:path'
 import { Node, PREFIX, TMP, nsPath, sh } from './cluster.ts'
 import { Cri, type ContainerConfig, type ContainerStatus, type PodSandboxConfig } from './cri.ts'
@@ -18,11 +18,12 @@ export const NAMESPACE = 'k8s.io' // the CRI plugin's containerd namespace
 const CGROUPS = '/sys/fs/cgroup'
 const SHIM_SOCKETS = '/run/containerd/s'
 
-/** What this machine lacks to run containerd's CRI (empty when nothing). */
+/** The Debian packages this machine lacks to run containerd's CRI (empty when none). */
 export function missingTools(): string[] {
-  const tools = ['containerd', 'ctr', 'runc', 'containerd-shim-runc-v2', 'nsenter'].filter((t) => sh(['which', t]).code !== 0)
+  const tools = [['containerd', 'containerd'], ['ctr', 'containerd'], ['containerd-shim-runc-v2', 'containerd'], ['runc', 'runc'], ['nsenter', 'util-linux']]
   const files = [[BUSYBOX, 'busybox-static'], ['/usr/lib/cni/loopback', 'containernetworking-plugins'], ['/usr/lib/cni/portmap', 'containernetworking-plugins']]
-  return [...new Set([...tools, ...files.filter(([f]) => !existsSync(f)).map(([, pkg]) => pkg)])]
+  const lacking = [...tools.filter(([t]) => sh(['which', t]).code !== 0), ...files.filter(([f]) => !existsSync(f))]
+  return [...new Set(lacking.map(([, pkg]) => pkg))]
 }
 
 /** kube-cni with the node's conf, chained with the reference portmap, as install.sh and the DaemonSet write it. */
@@ -75,7 +76,7 @@ export class Containerd {
   /** Starts containerd in the node's netns and imports the sandbox image (and `opts.images`). */
   static async start(node: Node, opts: ContainerdOptions = {}): Promise<Containerd> {
     const missing = missingTools()
-    if (missing.length) throw new Error(`containerd's CRI cannot run here: ${missing.join(', ')} missing (apt-get install containerd runc busybox-static containernetworking-plugins)`)
+    if (missing.length) throw new Error(`containerd's CRI cannot run here: apt-get install ${missing.join(' ')}`)
     if (!exitHook) {
       exitHook = true
       // Last resort when a test dies without stop(): nothing of ours may outlive the process. Before
@@ -84,10 +85,15 @@ export class Containerd {
     }
     const c = new Containerd(node, opts)
     running.add(c)
-    await c.launch()
-    const image = join(TMP, 'containerd-image')
-    const archive = existsSync(join(image, 'image.tar')) ? join(image, 'image.tar') : buildImage(image, { cmd: ['sleep', '999999999'] })
-    for (const a of [archive, ...(opts.images ?? [])]) c.ctr('images', 'import', '--snapshotter', 'native', a)
+    try {
+      await c.launch()
+      const image = join(TMP, 'containerd-image')
+      const archive = existsSync(join(image, 'image.tar')) ? join(image, 'image.tar') : buildImage(image, { cmd: ['sleep', '999999999'] })
+      for (const a of [archive, ...(opts.images ?? [])]) c.ctr('images', 'import', '--snapshotter', 'native', a)
+    } catch (e) {
+      c.kill()
+      throw e
+    }
     return c
   }
 
@@ -137,20 +143,27 @@ disabled_plugins = ["io.containerd.snapshotter.v1.btrfs", "io.containerd.snapsho
   }
 
   private async launch(): Promise<void> {
+    const log = openSync(this.logFile, 'a')
     // nsenter execs containerd in place: the child's pid is containerd's.
-    const log = join(this.dir, 'containerd.log')
-    this.proc = spawn('sh', ['-c', `exec nsenter --net=${nsPath(this.node.ns)} containerd --config ${this.dir}/config.toml >>${log} 2>&1`], { stdio: 'ignore' })
-    const exited = new Promise<never>((_, reject) => this.proc!.once('exit', (code) => reject(new Error(`containerd exited (${code}): ${this.logTail()}`))))
-    exited.catch(() => {})
+    const proc = spawn('nsenter', [`--net=${nsPath(this.node.ns)}`, 'containerd', '--config', join(this.dir, 'config.toml')], { stdio: ['ignore', log, log] })
+    closeSync(log)
+    this.proc = proc
+    let exited = false
+    const exit = new Promise<never>((_, reject) => proc.once('exit', (code, signal) => {
+      exited = true
+      reject(new Error(`containerd exited (${code ?? signal})`))
+    }))
+    exit.catch(() => {})
+    // A fresh channel: after a restart the old one may sit in its reconnect backoff.
     this.cri.close()
     this.cri = new Cri(this.socket)
     const deadline = Date.now() + 30_000
     for (;;) {
       try {
         // The CRI plugin answers "server is not initialized yet" for a moment after the socket is up.
-        if ((await Promise.race([this.cri.status(), exited])).RuntimeReady?.status) return
+        if ((await Promise.race([this.cri.status(), exit])).RuntimeReady?.status) return
       } catch (e) {
-        if (this.proc.exitCode !== null || Date.now() > deadline) throw new Error(`containerd did not become ready: ${(e as Error).message}\n${this.logTail()}`)
+        if (exited || Date.now() > deadline) throw new Error(`containerd did not become ready: ${(e as Error).message}\n${this.logTail()}`)
       }
       await new Promise((r) => setTimeout(r, 200))
     }
