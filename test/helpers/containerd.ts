@@ -17,6 +17,7 @@ export { IMAGE }
 export const NAMESPACE = 'k8s.io' // the CRI plugin's containerd namespace
 const CGROUPS = '/sys/fs/cgroup'
 const SHIM_SOCKETS = '/run/containerd/s'
+const CNI_CACHE = '/var/lib/cni/results'
 
 /** The Debian packages this machine lacks to run containerd's CRI (empty when none). */
 export function missingTools(): string[] {
@@ -290,6 +291,9 @@ disabled_plugins = ["io.containerd.snapshotter.v1.btrfs", "io.containerd.snapsho
     }
     // A killed shim leaves its socket, named as containerd 1.6 names it: sha256 of <address>/<namespace>/<id>.
     for (const id of ids) rmSync(join(SHIM_SOCKETS, createHash('sha256').update(join(this.socket, NAMESPACE, id)).digest('hex')), { force: true })
+    // libcni's cached results of pods that never got their DEL, named <network>-<sandbox id>-<ifname>.
+    const cached = existsSync(CNI_CACHE) ? readdirSync(CNI_CACHE) : []
+    for (const f of cached.filter((f) => ids.some((id) => f.includes(`-${id}-`)))) rmSync(join(CNI_CACHE, f), { force: true })
     // The sandboxes' netns are pinned under the state dir too (netns_mounts_under_state_dir).
     for (const mnt of readFileSync('/proc/self/mountinfo', 'utf8').split('\n').map((l) => l.split(' ')[4]).filter((m) => m?.startsWith(this.dir)).reverse()) sh(['umount', '-l', mnt])
     this.removeCgroups()
