@@ -89,7 +89,7 @@ test('RunPodSandbox: three pods, one with a hostPort through portmap; IPs in Pod
   const c = await containerd(node)
   const web = c.podConfig('web', { portMappings: [{ protocol: 'TCP', container_port: 80, host_port: 8080 }] })
   const pods: [PodSandboxConfig, string][] = []
-  for (const cfg of [web, c.podConfig('client'), c.podConfig('third')]) pods.push([cfg, await c.cri.runPodSandbox(cfg)])
+  for (const cfg of [web, c.podConfig('client'), c.podConfig('third')]) pods.push([cfg, await c.runPod(cfg)])
   const ips: string[] = []
   for (const [cfg, id] of pods) {
     const ip = await podIP(c, id)
@@ -123,8 +123,8 @@ test('StopPodSandbox then RemovePodSandbox: a DEL for each (the second without a
   if (missing.length) return
   const node = new Node()
   const c = await containerd(node)
-  const a = await c.cri.runPodSandbox(c.podConfig('a'))
-  const b = await c.cri.runPodSandbox(c.podConfig('b'))
+  const a = await c.runPod(c.podConfig('a'))
+  const b = await c.runPod(c.podConfig('b'))
   const ipB = await podIP(c, b)
   const nsA = await c.netnsOf(a)
   assert.is(reserved(node).length, 2)
@@ -155,10 +155,10 @@ test('containerd restart with pods alive: sandboxes, IPs and traffic survive; ne
   const node = new Node()
   const c = await containerd(node)
   const web = c.podConfig('web')
-  const webId = await c.cri.runPodSandbox(web)
+  const webId = await c.runPod(web)
   await c.runContainer(webId, web, { metadata: { name: 'httpd' }, command: ['httpd', '-f', '-p', '80', '-h', '/www'] })
   const cli = c.podConfig('cli')
-  const cliId = await c.cri.runPodSandbox(cli)
+  const cliId = await c.runPod(cli)
   const sleeper = await c.runContainer(cliId, cli, { metadata: { name: 'sleep' }, command: ['sleep', '999999'] })
   const ipWeb = await podIP(c, webId)
   const ipCli = await podIP(c, cliId)
@@ -171,7 +171,7 @@ test('containerd restart with pods alive: sandboxes, IPs and traffic survive; ne
   assert.is(fetch.exit_code, 0, fetch.stderr)
   assert.is(fetch.stdout, 'hello from kube-cni\n', 'pod to pod after the restart')
 
-  const third = await c.cri.runPodSandbox(c.podConfig('after'))
+  const third = await c.runPod(c.podConfig('after'))
   const ipThird = await podIP(c, third)
   assert.not.ok([ipWeb, ipCli].includes(ipThird), 'a pod made after the restart gets a fresh IP')
   assert.ok(pingFrom(nsPath(node.ns), ipThird))
@@ -193,7 +193,7 @@ test('pool exhausted: RunPodSandbox fails with kube-cni\'s message, nothing leak
   let failure: unknown
   for (let i = 0; i < 10 && !failure; i++) {
     try {
-      ids.push(await c.cri.runPodSandbox(c.podConfig(`p${i}`)))
+      ids.push(await c.runPod(c.podConfig(`p${i}`)))
     } catch (e) {
       failure = e
     }
@@ -211,7 +211,7 @@ test('pool exhausted: RunPodSandbox fails with kube-cni\'s message, nothing leak
   const freed = await podIP(c, ids[0])
   await c.cri.stopPodSandbox(ids[0])
   await c.cri.removePodSandbox(ids[0])
-  const again = await c.cri.runPodSandbox(c.podConfig('again'))
+  const again = await c.runPod(c.podConfig('again'))
   assert.is(await podIP(c, again), freed, 'the one free IP went to the next pod')
 })
 
@@ -219,7 +219,7 @@ test('20 concurrent RunPodSandbox calls: 20 distinct IPs, 20 veths, all reachabl
   if (missing.length) return
   const node = new Node()
   const c = await containerd(node)
-  const ids = await Promise.all(Array.from({ length: 20 }, (_, i) => c.cri.runPodSandbox(c.podConfig(`c${i}`))))
+  const ids = await Promise.all(Array.from({ length: 20 }, (_, i) => c.runPod(c.podConfig(`c${i}`))))
   const ips = await Promise.all(ids.map((id) => podIP(c, id)))
   assert.is(new Set(ips).size, 20, 'no IP was given twice')
   assert.equal(reserved(node), [...ips].sort())

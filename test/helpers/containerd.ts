@@ -203,6 +203,11 @@ disabled_plugins = ["io.containerd.snapshotter.v1.btrfs", "io.containerd.snapsho
     }
   }
 
+  /** RunPodSandbox: the sandbox's id. */
+  runPod(config: PodSandboxConfig): Promise<string> {
+    return this.cri.runPodSandbox(config)
+  }
+
   /** The path of the sandbox's netns (pinned under this instance's state dir), or '' for a hostNetwork pod. */
   async netnsOf(id: string): Promise<string> {
     const { info } = await this.cri.podSandboxStatus(id)
