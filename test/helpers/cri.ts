@@ -87,11 +87,6 @@ export class Cri {
     })
   }
 
-  /** Resolves once the runtime answers, or rejects after `timeoutMs`. */
-  waitReady(timeoutMs = 20_000): Promise<void> {
-    return new Promise((resolve, reject) => this.client.waitForReady(Date.now() + timeoutMs, (e?: Error) => (e ? reject(e) : resolve())))
-  }
-
   version() {
     return this.call<{ runtime_name: string; runtime_version: string; runtime_api_version: string }>('Version', { version: 'v1' })
   }
