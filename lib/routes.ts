@@ -18,7 +18,7 @@ import { join } from 'node:path'
 import { parseArgs } from 'node:util'
 import { CONFLIST_NAME } from './conflist.ts'
 import { type Step, explain, explainSteps, run } from './exec.ts'
-import { type Cidr, type Family, contains, containsAddress, formatAddress, formatCidr, macFromAddress, parseAddress, parseCidr } from './ip.ts'
+import { type Cidr, type Family, contains, containsAddress, formatAddress, formatCidr, macFromAddress, parseAddress, parseCidr, specialRangeOverlapped } from './ip.ts'
 import { type NodeList, internalIPs, nodeName, podCIDRs } from './kube.ts'
 import { parseNetConf } from './netconf.ts'
 
@@ -71,24 +71,15 @@ export interface Change extends Step {
   node?: string
 }
 
-/** Ranges a pod range can never be: a route there would hijack traffic the node itself depends on. */
-const RESERVED = [
-  ['127.0.0.0/8', 'loopback'],
-  ['::1/128', 'loopback'],
-  ['224.0.0.0/4', 'multicast'],
-  ['ff00::/8', 'multicast'],
-  ['169.254.0.0/16', 'link-local'],
-  ['fe80::/10', 'link-local'],
-].map(([range, what]) => ({ cidr: parseCidr(range)!, what }))
-
 const overlaps = (a: Cidr, b: Cidr) => a.family === b.family && a.network <= b.last && b.network <= a.last
 
 /** Why a peer's podCIDR must not become a route here, or undefined when it may. */
 function cidrProblem(c: Cidr, own: Cidr[], networks: Cidr[] | undefined, local: LocalAddress[]): string | undefined {
   const text = formatCidr(c)
   if (c.prefix === 0) return `podCIDR ${text} is a default route`
-  const reserved = RESERVED.find((r) => overlaps(r.cidr, c))
-  if (reserved) return `podCIDR ${text} overlaps the ${reserved.what} range ${formatCidr(reserved.cidr)}`
+  // A route there would hijack traffic the node itself depends on.
+  const special = specialRangeOverlapped(c)
+  if (special) return `podCIDR ${text} overlaps ${special}`
   if (networks && !networks.some((n) => contains(n, c)))
     return `podCIDR ${text} is outside the cluster network ${networks.map(formatCidr).join(', ')}`
   const mine = own.find((o) => overlaps(o, c))
@@ -210,7 +201,9 @@ function subnetOf(l: LocalAddress): Cidr {
 
 function vtepMac(cidrs: Cidr[]): string {
   const first = cidrs.find((c) => c.family === 4) ?? cidrs[0]
-  return macFromAddress(first.network)
+  // The last four bytes of an IPv6 podCIDR's network address are zero for every /64: its subnet number, the bits
+  // above the prefix, tells the nodes apart instead.
+  return macFromAddress(first.family === 4 ? first.network : first.network >> BigInt(128 - first.prefix))
 }
 
 // ---- the kernel's side ---------------------------------------------------------------------------------
@@ -351,10 +344,10 @@ export function diff(plan: Plan, current: Current): { ip: Change[]; bridge: Chan
         why: 'new: the overlay device (flannel.1 in flannel)',
       })
     } else {
-      if (have.mtu !== want.mtu) ip.push({ line: `link set ${VXLAN_DEV} mtu ${want.mtu}` })
-      if (have.mac !== want.mac) ip.push({ line: `link set ${VXLAN_DEV} address ${want.mac}` })
+      if (have.mtu !== want.mtu) ip.push({ line: `link set dev ${VXLAN_DEV} mtu ${want.mtu}` })
+      if (have.mac !== want.mac) ip.push({ line: `link set dev ${VXLAN_DEV} address ${want.mac}` })
     }
-    if (!have?.up || fresh) ip.push({ line: `link set ${VXLAN_DEV} up` })
+    if (!have?.up || fresh) ip.push({ line: `link set dev ${VXLAN_DEV} up` })
     for (const v of want.vteps)
       if (fresh || !have?.addresses.includes(v.address))
         ip.push({ line: `addr replace ${v.address}/${v.family === 4 ? 32 : 128} dev ${VXLAN_DEV}${v.family === 6 ? ' nodad' : ''}` })

@@ -201,4 +201,12 @@ test('batchFailures: each failed line of `ip -force -batch` is reported with its
   assert.equal(batchFailures('bridge', steps, 'Segmentation fault\n'), [{ line: 'bridge -force -batch', error: 'Segmentation fault' }])
 })
 
+test('vxlan: IPv6-only nodes get VTEP MACs of their own, from the podCIDR bits above the prefix', () => {
+  const self6 = peer('node-a', ['fd00:200:0:1::/64'], ['2001:db8:a::1'])
+  const peers = [peer('node-b', ['fd00:200:0:2::/64'], ['2001:db8:a::2']), peer('node-c', ['fd00:200:0:3::/64'], ['2001:db8:a::3'])]
+  const p = planRoutes({ items: [self6, ...peers] } as any, 'node-a', 'vxlan', LOCAL, NETWORKS)
+  const macs = [p.vxlan!.mac, ...p.vxlan!.fdb.map((f) => f.mac)]
+  assert.equal(macs, ['0a:58:00:00:00:01', '0a:58:00:00:00:02', '0a:58:00:00:00:03'])
+})
+
 test.run()
