@@ -47,7 +47,24 @@ export interface AttachmentRecord {
   ips: string[] // reserved or being reserved, one per family
   hostVeth?: string
   pids?: number[] // `ip` processes an ADD started; a DEL waits for any that outlived a killed ADD
+  adding?: Adder // the ADD that wrote it: while that process lives, GC leaves the attachment alone
 }
+
+/**
+ * GC must never free an attachment whose ADD is still running. The ADD "locks" its record by naming itself in
+ * it: its pid and the process's start time, which tell a live ADD from a recycled pid. This costs the hot path
+ * one read of /proc/self/stat and nothing else: the record is written anyway, and the lock ends when the
+ * process does, however it ends, like an flock, but with no flock(1) child to start (Node has no flock call,
+ * and a child per ADD costs a fork and an exec). An in-progress marker file would cost a create and an
+ * unlink, and still need the same liveness check for a killed ADD.
+ */
+export interface Adder {
+  pid: number
+  start: string
+}
+
+/** A record file written in the last moments may be half-written by an ADD: GC leaves it for the next run. */
+const FRESH_MS = 10_000
 
 const errno = (e: unknown) => (e as NodeJS.ErrnoException).code
 
@@ -191,20 +208,35 @@ export class Store {
     unlinkQuiet(this.recordPath(owner))
   }
 
-  /** Every attachment on record, for GC. */
-  listAttachments(): { owner: Owner; record: AttachmentRecord }[] {
+  /** Every attachment on record, for GC; `busy` while its ADD may still be running. */
+  listAttachments(): Listed[] {
     this.guard()
     return listDir(this.attachments).flatMap((key) => {
       const colon = key.lastIndexOf(':')
       if (colon < 0) return []
       const named = { containerId: key.slice(0, colon), ifname: key.slice(colon + 1) }
-      const record = parseRecord(readPlain(join(this.attachments, key)) ?? '')
-      const owner = record?.containerId && record.ifname ? { containerId: record.containerId, ifname: record.ifname } : named
+      const found = this.inspect(join(this.attachments, key), named)
       // A cut name with a damaged record names no owner: its IP files still do, and GC frees them by those.
-      if (owner.containerId.includes(HASHED)) return []
-      const found = record ?? this.readRecord(owner)
-      return found ? [{ owner, record: found }] : []
+      return found && !found.owner.containerId.includes(HASHED) ? [found] : []
     })
+  }
+
+  /** The attachment of this owner, for GC, as listAttachments sees it. */
+  attachment(owner: Owner): Listed | undefined {
+    this.guard()
+    return this.inspect(this.recordPath(owner), owner)
+  }
+
+  private inspect(path: string, named: Owner): Listed | undefined {
+    const text = readPlain(path)
+    if (text === undefined) return undefined
+    const record = text === null ? undefined : parseRecord(text)
+    if (record) {
+      const owner = record.containerId && record.ifname ? { containerId: record.containerId, ifname: record.ifname } : named
+      return { owner, record, busy: record.adding !== undefined && isRunning(record.adding) }
+    }
+    if (text !== null && isFresh(path)) return { owner: named, record: { ips: [] }, busy: true }
+    return { owner: named, record: this.readRecord(named) ?? { ips: [] }, busy: false }
   }
 
   /** Every reserved IP with its owner (null when the file is empty), for GC and STATUS. */
@@ -218,6 +250,11 @@ export class Store {
     })
   }
 
+  /** An IP file with no owner yet that an ADD may have just created and not yet written. */
+  isBeingReserved(ip: string): boolean {
+    return isAddressName(ip) && isFresh(join(this.dir, ip))
+  }
+
   countReserved(pool: Pool): number {
     return this.listReserved().filter((r) => containsAddress(pool.subnet, r.family, r.value)).length
   }
@@ -229,6 +266,12 @@ export class Store {
 }
 
 /** One ADD's record, kept open and rewritten before each step, so a kill at any point is recoverable. */
+export interface Listed {
+  owner: Owner
+  record: AttachmentRecord
+  busy: boolean
+}
+
 export class Attachment {
   private record: AttachmentRecord
 
@@ -237,7 +280,7 @@ export class Attachment {
     readonly owner: Owner,
     private readonly fd: number,
   ) {
-    this.record = { ...owner, ips: [] }
+    this.record = { ...owner, ips: [], adding: { pid: process.pid, start: startTime('self') ?? '' } }
     this.save()
   }
 
@@ -309,7 +352,31 @@ function parseRecord(text: string): AttachmentRecord | undefined {
   if (r.pids !== undefined && !(Array.isArray(r.pids) && r.pids.every((p: unknown) => Number.isSafeInteger(p) && (p as number) > 0)))
     return undefined
   const str = (v: unknown) => (typeof v === 'string' ? v : undefined)
-  return { containerId: str(r.containerId), ifname: str(r.ifname), ips: r.ips, hostVeth: r.hostVeth, pids: r.pids }
+  const adding = Number.isSafeInteger(r.adding?.pid) && typeof r.adding.start === 'string' ? { pid: r.adding.pid, start: r.adding.start } : undefined
+  return { containerId: str(r.containerId), ifname: str(r.ifname), ips: r.ips, hostVeth: r.hostVeth, pids: r.pids, adding }
+}
+
+/** Field 22 of /proc/PID/stat: when the process started, which a recycled pid does not share. */
+function startTime(pid: number | 'self'): string | undefined {
+  try {
+    const stat = readFileSync(`/proc/${pid}/stat`, 'utf8')
+    return stat.slice(stat.lastIndexOf(')') + 2).split(' ')[19]
+  } catch {
+    return undefined
+  }
+}
+
+function isRunning(adder: Adder): boolean {
+  return adder.pid > 0 && startTime(adder.pid) === adder.start
+}
+
+/** Written in the last moments: an ADD may be between creating the file and writing it. */
+function isFresh(path: string): boolean {
+  try {
+    return Date.now() - lstatSync(path).mtimeMs < FRESH_MS
+  } catch {
+    return false
+  }
 }
 
 /**
