@@ -60,7 +60,7 @@ export interface AttachmentRecord {
  */
 export interface Adder {
   pid: number
-  start: string
+  start: number // field 22 of /proc/<pid>/stat, clock ticks since boot
 }
 
 /** A record file written in the last moments may be half-written by an ADD: GC leaves it for the next run. */
@@ -265,13 +265,13 @@ export class Store {
   }
 }
 
-/** One ADD's record, kept open and rewritten before each step, so a kill at any point is recoverable. */
 export interface Listed {
   owner: Owner
   record: AttachmentRecord
   busy: boolean
 }
 
+/** One ADD's record, kept open and rewritten before each step, so a kill at any point is recoverable. */
 export class Attachment {
   private record: AttachmentRecord
 
@@ -280,7 +280,7 @@ export class Attachment {
     readonly owner: Owner,
     private readonly fd: number,
   ) {
-    this.record = { ...owner, ips: [], adding: { pid: process.pid, start: startTime('self') ?? '' } }
+    this.record = { ...owner, ips: [], adding: { pid: process.pid, start: startTime('self') ?? 0 } }
     this.save()
   }
 
@@ -349,25 +349,35 @@ function parseRecord(text: string): AttachmentRecord | undefined {
   }
   if (typeof r !== 'object' || r === null || !Array.isArray(r.ips) || !r.ips.every(isAddressName)) return undefined
   if (r.hostVeth !== undefined && !(typeof r.hostVeth === 'string' && HOST_VETH.test(r.hostVeth))) return undefined
-  if (r.pids !== undefined && !(Array.isArray(r.pids) && r.pids.every((p: unknown) => Number.isSafeInteger(p) && (p as number) > 0)))
-    return undefined
   const str = (v: unknown) => (typeof v === 'string' ? v : undefined)
-  const adding = Number.isSafeInteger(r.adding?.pid) && typeof r.adding.start === 'string' ? { pid: r.adding.pid, start: r.adding.start } : undefined
-  return { containerId: str(r.containerId), ifname: str(r.ifname), ips: r.ips, hostVeth: r.hostVeth, pids: r.pids, adding }
+  // A pid list of the wrong shape is dropped, not the record: the IPs and the host veth still count.
+  const pids = Array.isArray(r.pids) ? r.pids.filter(isPidEntry) : undefined
+  const adding = isProcess(r.adding) ? { pid: r.adding.pid, start: r.adding.start } : undefined
+  return { containerId: str(r.containerId), ifname: str(r.ifname), ips: r.ips, hostVeth: r.hostVeth, pids, adding }
+}
+
+function isProcess(p: unknown): p is Adder {
+  const { pid, start } = (p ?? {}) as Partial<Adder>
+  return Number.isSafeInteger(pid) && pid! > 1 && Number.isSafeInteger(start)
+}
+
+/** A pid, or a {pid, start} pair: the shapes an ADD records for its children. */
+function isPidEntry(p: unknown): boolean {
+  return (Number.isSafeInteger(p) && (p as number) > 1) || isProcess(p)
 }
 
 /** Field 22 of /proc/PID/stat: when the process started, which a recycled pid does not share. */
-function startTime(pid: number | 'self'): string | undefined {
+function startTime(pid: number | 'self'): number | undefined {
   try {
     const stat = readFileSync(`/proc/${pid}/stat`, 'utf8')
-    return stat.slice(stat.lastIndexOf(')') + 2).split(' ')[19]
+    return Number(stat.slice(stat.lastIndexOf(')') + 2).split(' ')[19])
   } catch {
     return undefined
   }
 }
 
 function isRunning(adder: Adder): boolean {
-  return adder.pid > 0 && startTime(adder.pid) === adder.start
+  return startTime(adder.pid) === adder.start
 }
 
 /** Written in the last moments: an ADD may be between creating the file and writing it. */

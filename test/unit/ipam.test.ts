@@ -190,6 +190,10 @@ test('a planted record: its IPs never become paths, a host veth kube-cni did not
   assert.ok(existsSync(join(dir, 'victim')))
   writeFileSync(join(attachments, 'b:eth0'), JSON.stringify({ ips: [], hostVeth: 'eth0' }))
   assert.is(store.readRecord(who('b'))?.hostVeth, undefined)
+  // A pid list of the wrong shape costs the pids, never the host veth the record names.
+  const pids = [7, { pid: 8, start: 99 }, '../x', { pid: 9 }, -1]
+  writeFileSync(join(attachments, 'c:eth0'), JSON.stringify({ ips: [], hostVeth: 'veth0000abcd', pids }))
+  assert.equal(store.readRecord(who('c')), { containerId: undefined, ifname: undefined, ips: [], hostVeth: 'veth0000abcd', pids: [7, { pid: 8, start: 99 }], adding: undefined })
 })
 
 test('the store writes through no symlink and reads through none', () => {
@@ -245,7 +249,7 @@ test('GC sees an attachment as busy while the ADD that wrote it runs, and a half
   a.reserve(conf.pools[0])
   take(store, conf, 'done')
   const attachments = join(dir, 'net', 'attachments')
-  writeFileSync(join(attachments, 'dead:eth0'), JSON.stringify({ ips: [], adding: { pid: process.pid, start: '1' } }))
+  writeFileSync(join(attachments, 'dead:eth0'), JSON.stringify({ ips: [], adding: { pid: process.pid, start: 1 } }))
   writeFileSync(join(attachments, 'torn:eth0'), '{"ips":["10.2')
   const busy = Object.fromEntries(store.listAttachments().map((l) => [l.owner.containerId, l.busy]))
   assert.equal(busy, { a: true, done: true, dead: false, torn: true }, 'this process is still the ADD of "done" too')
