@@ -24,7 +24,7 @@ import {
 } from './lib/cni.ts'
 import { killLeftovers, run } from './lib/exec.ts'
 import { formatAddress, formatCidr, normalizeCidr } from './lib/ip.ts'
-import { type Attachment, type Owner, Store } from './lib/ipam.ts'
+import { type Attachment, type Listed, type Owner, Store } from './lib/ipam.ts'
 import { type PodPlan, linkExists, netnsProblem, newHostVethName, readMaster, readPod, setupPod, teardownPod } from './lib/link.ts'
 import { configureLog, log } from './lib/log.ts'
 import { MAX_STDIN, type NetConf, askedVersion, decodeJSON, parseNetConf } from './lib/netconf.ts'
@@ -193,10 +193,12 @@ async function cmdGc(conf: NetConf): Promise<void> {
   )
   const isValid = (o: Owner | null) => o !== null && valid.has(`${o.containerId}:${o.ifname}`)
 
+  // An attachment whose ADD is still running is not in the list yet, and is not ours to free (lib/ipam.ts,
+  // Adder): it is skipped with the IPs it names, and so is an IP file an ADD may have only just created.
   const store = new Store(conf.dataDir, conf.name)
   const errors: string[] = []
-  for (const { owner: who, record } of store.listAttachments()) {
-    if (isValid(who)) continue
+  const busy = new Set<string>()
+  const free = async ({ owner: who, record }: Listed) => {
     try {
       await teardownPod('', who.ifname, record.hostVeth)
       release(store, who, record)
@@ -205,9 +207,23 @@ async function cmdGc(conf: NetConf): Promise<void> {
       errors.push((e as Error).message) // go on: one stuck attachment must not keep the others leaked
     }
   }
+  for (const found of store.listAttachments()) {
+    if (found.busy) {
+      for (const ip of found.record.ips) busy.add(ip)
+      log.info(`gc: left ${found.owner.containerId}/${found.owner.ifname} alone: its ADD is still running`)
+    } else if (!isValid(found.owner)) await free(found)
+  }
   for (const r of store.listReserved()) {
-    if (!isValid(r.owner) && store.free(r.ip, r.owner ?? { containerId: '', ifname: '' }))
-      log.info(`gc: freed ${r.ip}, reserved by ${r.owner ? `${r.owner.containerId}/${r.owner.ifname}` : 'a killed ADD'}`)
+    if (isValid(r.owner) || busy.has(r.ip)) continue
+    if (r.owner === null) {
+      if (!store.isBeingReserved(r.ip) && store.free(r.ip, { containerId: '', ifname: '' })) log.info(`gc: freed ${r.ip}, reserved by a killed ADD`)
+      continue
+    }
+    // An ADD that started after the listing above: free its attachment whole if it has finished, never its IP alone.
+    const found = store.attachment(r.owner)
+    if (found?.busy) continue
+    if (found) await free(found)
+    else if (store.free(r.ip, r.owner)) log.info(`gc: freed ${r.ip}, reserved by ${r.owner.containerId}/${r.owner.ifname}`)
   }
   if (errors.length) throw new CniError(Code.IOFailure, `GC could not free everything: ${errors.join('; ')}`)
 }

@@ -78,10 +78,7 @@ export function spawnError(tool: string, e: Error): CniError {
  * comes from a file, so it and each entry are checked for shape too.
  */
 export async function killLeftovers(procs: unknown): Promise<void> {
-  const ours = (Array.isArray(procs) ? procs : []).filter((p): p is Proc => {
-    const { pid, start } = (p ?? {}) as Partial<Proc>
-    return Number.isSafeInteger(pid) && pid! > 1 && Number.isSafeInteger(start) && isOurTool(pid!, start!)
-  })
+  const ours = (Array.isArray(procs) ? procs : []).filter((p): p is Proc => isProc(p) && isOurTool(p.pid, p.start))
   for (const { pid } of ours) {
     try {
       process.kill(pid, 'SIGKILL')
@@ -92,8 +89,14 @@ export async function killLeftovers(procs: unknown): Promise<void> {
   for (const p of ours) while (isAlive(p)) await new Promise((r) => setTimeout(r, 2))
 }
 
+/** The shape of a Proc, for one read from a file that may have been tampered with. */
+export function isProc(p: unknown): p is Proc {
+  const { pid, start } = (p ?? {}) as Partial<Proc>
+  return Number.isSafeInteger(pid) && pid! > 1 && Number.isSafeInteger(start)
+}
+
 /** /proc/<pid>/stat split so that fields[n] is field n+1 of proc(5); undefined when there is no such process. */
-function stat(pid: number): string[] | undefined {
+function stat(pid: number | 'self'): string[] | undefined {
   let text: string
   try {
     text = readFileSync(`/proc/${pid}/stat`, 'utf8')
@@ -105,7 +108,8 @@ function stat(pid: number): string[] | undefined {
   return [String(pid), text.slice(text.indexOf('(') + 1, close), ...text.slice(close + 2).split(' ')]
 }
 
-function startTime(pid: number): number | undefined {
+/** Field 22 of proc(5)'s stat, clock ticks since boot: when the process started, which a recycled pid does not share. */
+export function startTime(pid: number | 'self'): number | undefined {
   const fields = stat(pid)
   return fields ? Number(fields[21]) : undefined
 }
@@ -116,7 +120,7 @@ function isOurTool(pid: number, start: number): boolean {
 }
 
 /** A zombie has done all it will ever do: its new parent (init, since the ADD is dead) reaps it when it likes. */
-function isAlive(p: Proc): boolean {
+export function isAlive(p: Proc): boolean {
   const fields = stat(p.pid)
   return fields !== undefined && Number(fields[21]) === p.start && fields[2] !== 'Z'
 }

@@ -31,7 +31,7 @@ import {
 } from 'node:fs'
 import { join } from 'node:path'
 import { CniError, Code } from './cni.ts'
-import type { Proc } from './exec.ts'
+import { type Proc, isAlive, isProc, startTime } from './exec.ts'
 import { type Family, containsAddress, formatAddress, formatCidr, parseAddress } from './ip.ts'
 import { log } from './log.ts'
 import type { Pool } from './netconf.ts'
@@ -48,7 +48,19 @@ export interface AttachmentRecord {
   ips: string[] // reserved or being reserved, one per family
   hostVeth?: string
   pids?: Proc[] // `ip` processes a running ADD started; a DEL kills any that outlived a killed ADD
+  /**
+   * GC must never free an attachment whose ADD is still running. The ADD "locks" its record by naming itself in
+   * it: its pid and the process's start time, which tell a live ADD from a recycled pid. This costs the hot path
+   * one read of /proc/self/stat and nothing else: the record is written anyway, and the lock ends when the
+   * process does, however it ends, like an flock, but with no flock(1) child to start (Node has no flock call,
+   * and a child per ADD costs a fork and an exec). An in-progress marker file would cost a create and an
+   * unlink, and still need the same liveness check for a killed ADD.
+   */
+  adding?: Proc // the ADD that wrote it: while that process lives, GC leaves the attachment alone
 }
+
+/** A record file written in the last moments may be half-written by an ADD: GC leaves it for the next run. */
+const FRESH_MS = 10_000
 
 const errno = (e: unknown) => (e as NodeJS.ErrnoException).code
 
@@ -192,20 +204,35 @@ export class Store {
     unlinkQuiet(this.recordPath(owner))
   }
 
-  /** Every attachment on record, for GC. */
-  listAttachments(): { owner: Owner; record: AttachmentRecord }[] {
+  /** Every attachment on record, for GC; `busy` while its ADD may still be running. */
+  listAttachments(): Listed[] {
     this.guard()
     return listDir(this.attachments).flatMap((key) => {
       const colon = key.lastIndexOf(':')
       if (colon < 0) return []
       const named = { containerId: key.slice(0, colon), ifname: key.slice(colon + 1) }
-      const record = parseRecord(readPlain(join(this.attachments, key)) ?? '')
-      const owner = record?.containerId && record.ifname ? { containerId: record.containerId, ifname: record.ifname } : named
+      const found = this.inspect(join(this.attachments, key), named)
       // A cut name with a damaged record names no owner: its IP files still do, and GC frees them by those.
-      if (owner.containerId.includes(HASHED)) return []
-      const found = record ?? this.readRecord(owner)
-      return found ? [{ owner, record: found }] : []
+      return found && !found.owner.containerId.includes(HASHED) ? [found] : []
     })
+  }
+
+  /** The attachment of this owner, for GC, as listAttachments sees it. */
+  attachment(owner: Owner): Listed | undefined {
+    this.guard()
+    return this.inspect(this.recordPath(owner), owner)
+  }
+
+  private inspect(path: string, named: Owner): Listed | undefined {
+    const text = readPlain(path)
+    if (text === undefined) return undefined
+    const record = text === null ? undefined : parseRecord(text)
+    if (record) {
+      const owner = record.containerId && record.ifname ? { containerId: record.containerId, ifname: record.ifname } : named
+      return { owner, record, busy: record.adding !== undefined && isAlive(record.adding) }
+    }
+    if (text !== null && isFresh(path)) return { owner: named, record: { ips: [] }, busy: true }
+    return { owner: named, record: this.readRecord(named) ?? { ips: [] }, busy: false }
   }
 
   /** Every reserved IP with its owner (null when the file is empty), for GC and STATUS. */
@@ -219,6 +246,11 @@ export class Store {
     })
   }
 
+  /** An IP file with no owner yet that an ADD may have just created and not yet written. */
+  isBeingReserved(ip: string): boolean {
+    return isAddressName(ip) && isFresh(join(this.dir, ip))
+  }
+
   countReserved(pool: Pool): number {
     return this.listReserved().filter((r) => containsAddress(pool.subnet, r.family, r.value)).length
   }
@@ -227,6 +259,12 @@ export class Store {
     const gatewayInRange = pool.gateway >= pool.firstHost && pool.gateway <= pool.lastHost ? 1n : 0n
     return Number(pool.lastHost - pool.firstHost + 1n - gatewayInRange)
   }
+}
+
+export interface Listed {
+  owner: Owner
+  record: AttachmentRecord
+  busy: boolean
 }
 
 /** One ADD's record, kept open and rewritten before each step, so a kill at any point is recoverable. */
@@ -238,7 +276,7 @@ export class Attachment {
     readonly owner: Owner,
     private readonly fd: number,
   ) {
-    this.record = { ...owner, ips: [] }
+    this.record = { ...owner, ips: [], adding: { pid: process.pid, start: startTime('self') ?? 0 } }
     this.save()
   }
 
@@ -313,10 +351,25 @@ function parseRecord(text: string): AttachmentRecord | undefined {
   }
   if (typeof r !== 'object' || r === null || !Array.isArray(r.ips) || !r.ips.every(isAddressName)) return undefined
   if (r.hostVeth !== undefined && !(typeof r.hostVeth === 'string' && HOST_VETH.test(r.hostVeth))) return undefined
-  if (r.pids !== undefined && !(Array.isArray(r.pids) && r.pids.every((p: unknown) => Number.isSafeInteger(p) && (p as number) > 0)))
-    return undefined
   const str = (v: unknown) => (typeof v === 'string' ? v : undefined)
-  return { containerId: str(r.containerId), ifname: str(r.ifname), ips: r.ips, hostVeth: r.hostVeth, pids: r.pids }
+  // A pid list of the wrong shape is dropped, not the record: the IPs and the host veth still count.
+  const pids = Array.isArray(r.pids) ? r.pids.filter(isPidEntry) : undefined
+  const adding = isProc(r.adding) ? { pid: r.adding.pid, start: r.adding.start } : undefined
+  return { containerId: str(r.containerId), ifname: str(r.ifname), ips: r.ips, hostVeth: r.hostVeth, pids, adding }
+}
+
+/** A pid, or a {pid, start} pair: the shapes an ADD records for its children. */
+function isPidEntry(p: unknown): boolean {
+  return (Number.isSafeInteger(p) && (p as number) > 1) || isProc(p)
+}
+
+/** Written in the last moments: an ADD may be between creating the file and writing it. */
+function isFresh(path: string): boolean {
+  try {
+    return Date.now() - lstatSync(path).mtimeMs < FRESH_MS
+  } catch {
+    return false
+  }
 }
 
 /**

@@ -74,6 +74,37 @@ test('a dataDir writable by others is refused with error 5 before anything is se
   assert.equal(node.ip('link', 'show', 'type', 'bridge'), [])
 })
 
+test('GCs with an empty valid list during 12 ADDs free no attachment whose ADD runs: no duplicate IP, pods and store agree', async () => {
+  const node = new Node({ cniVersion: '1.1.0' })
+  await node.addPod('warm') // the node is set up: the ADDs race in the store, not on the setup lock
+  // Started among the ADDs, a GC lists the store while they are midway: each plugin takes about as long to start.
+  const gc = () => node.cni({ command: 'GC' }, { ...node.conf, 'cni.dev/valid-attachments': [] })
+  const pods = Array.from({ length: 12 }, () => node.pod())
+  const adds = []
+  const gcs = []
+  for (const [i, pod] of pods.entries()) {
+    adds.push(node.cni({ command: 'ADD', containerId: `c${i}`, netns: nsPath(pod) }))
+    if (i % 3 === 2) gcs.push(gc())
+  }
+  await Promise.race(adds)
+  gcs.push(gc())
+  const results = await Promise.all(adds)
+  for (const r of await Promise.all(gcs)) assert.is(r.code, 0, r.stdout + r.stderr)
+  const held = new Map(reserved(node).map((ip) => [ip, readFileSync(join(storeDir(node), ip), 'utf8').split('\r\n')[0]]))
+  const live: string[] = []
+  results.forEach((r, i) => {
+    assert.is(r.code, 0, `ADD c${i}: ${r.stdout}`)
+    const ip = r.json.ips[0].address.split('/')[0]
+    const inPod = eth0(pods[i]).includes(ip)
+    // Freed by a GC after it finished is fine; a pod with an address the store gave back is not.
+    assert.is(held.get(ip) === `c${i}`, inPod, `c${i} ${ip}: in the pod ${inPod}, in the store ${held.get(ip)}`)
+    if (inPod) live.push(ip)
+  })
+  assert.is(held.size, live.length, 'the store holds exactly the addresses pods have')
+  for (let i = 0; i < 4; i++) live.push(...eth0((await node.addPod(`late${i}`)).pod))
+  assert.is(new Set(live).size, live.length, `no address twice: ${live.join(' ')}`)
+})
+
 /**
  * ADD in a private mount namespace (never the machine's) where `setup`, a shell snippet, has made dataDir ($D)
  * full or read-only; `as` runs the plugin as another user. Returns the answer and every file left in $D.

@@ -1,5 +1,5 @@
 import { spawn } from 'node:child_process'
-import { chmodSync, existsSync, mkdirSync, mkdtempSync, readFileSync, readdirSync, rmSync, statSync, symlinkSync, writeFileSync } from 'node:fs'
+import { chmodSync, existsSync, mkdirSync, mkdtempSync, readFileSync, readdirSync, rmSync, statSync, symlinkSync, utimesSync, writeFileSync } from 'node:fs'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
 import { buildSync } from 'esbuild'
@@ -128,7 +128,9 @@ test('the record is written ahead: it names each candidate before that IP file e
   a.setHostVeth('veth00000000')
   a.close()
   assert.equal(tried, ['10.200.1.3'])
-  assert.equal(store.readRecord(who('a')), { containerId: 'a', ifname: 'eth0', ips: ['10.200.1.4'], hostVeth: 'veth00000000', pids: undefined })
+  const { adding, ...record } = store.readRecord(who('a'))!
+  assert.equal(record, { containerId: 'a', ifname: 'eth0', ips: ['10.200.1.4'], hostVeth: 'veth00000000', pids: undefined })
+  assert.is(adding?.pid, process.pid, 'the ADD names itself, for GC')
 })
 
 test('an empty IP file (creator killed between create and write) can be freed by the record holder', () => {
@@ -147,8 +149,11 @@ test('a record that does not parse stands for the IP files its owner holds, and 
   const other = store.open({ containerId: 'a', ifname: 'net1' })
   other.reserve(conf.pools[0])
   other.close()
-  writeFileSync(join(dir, 'net', 'attachments', 'a:eth0'), '{"ips":["10.200.1.2"')
+  const garbled = join(dir, 'net', 'attachments', 'a:eth0')
+  writeFileSync(garbled, '{"ips":["10.200.1.2"')
   assert.equal(store.readRecord(who('a')), { containerId: 'a', ifname: 'eth0', ips: [mine] })
+  assert.equal(store.attachment(who('a'))?.busy, true, 'GC leaves it to the next run: an ADD may be writing it')
+  utimesSync(garbled, 1, 1)
   assert.equal(store.listAttachments().map((a) => `${a.owner.containerId}/${a.owner.ifname} ${a.record.ips}`).sort(), [
     `a/eth0 ${mine}`,
     'a/net1 10.200.1.4',
@@ -185,6 +190,10 @@ test('a planted record: its IPs never become paths, a host veth kube-cni did not
   assert.ok(existsSync(join(dir, 'victim')))
   writeFileSync(join(attachments, 'b:eth0'), JSON.stringify({ ips: [], hostVeth: 'eth0' }))
   assert.is(store.readRecord(who('b'))?.hostVeth, undefined)
+  // A pid list of the wrong shape costs the pids, never the host veth the record names.
+  const pids = [7, { pid: 8, start: 99 }, '../x', { pid: 9 }, -1]
+  writeFileSync(join(attachments, 'c:eth0'), JSON.stringify({ ips: [], hostVeth: 'veth0000abcd', pids }))
+  assert.equal(store.readRecord(who('c')), { containerId: undefined, ifname: undefined, ips: [], hostVeth: 'veth0000abcd', pids: [7, { pid: 8, start: 99 }], adding: undefined })
 })
 
 test('the store writes through no symlink and reads through none', () => {
@@ -231,6 +240,22 @@ test('the round-robin cursor is best-effort: failing to write it fails no ADD an
   mkdirSync(join(dir, 'net', 'last_reserved_ip.4', 'x'), { recursive: true }) // rename onto it fails
   assert.is(take(store, conf, 'a'), '10.200.1.2')
   assert.equal(readdirSync(join(dir, 'net')).filter((f) => f.endsWith('.tmp')), [])
+})
+
+test('GC sees an attachment as busy while the ADD that wrote it runs, and a half-written record as busy', () => {
+  const conf = confFor('10.200.1.0/24')
+  const store = new Store(dir, 'net')
+  const a = store.open(who('a'))
+  a.reserve(conf.pools[0])
+  take(store, conf, 'done')
+  const attachments = join(dir, 'net', 'attachments')
+  writeFileSync(join(attachments, 'dead:eth0'), JSON.stringify({ ips: [], adding: { pid: process.pid, start: 1 } }))
+  writeFileSync(join(attachments, 'torn:eth0'), '{"ips":["10.2')
+  const busy = Object.fromEntries(store.listAttachments().map((l) => [l.owner.containerId, l.busy]))
+  assert.equal(busy, { a: true, done: true, dead: false, torn: true }, 'this process is still the ADD of "done" too')
+  a.close()
+  assert.is(store.attachment(who('a'))?.busy, true)
+  assert.is(store.attachment(who('nobody')), undefined)
 })
 
 test('50 processes allocating at once get 50 distinct IPs', async () => {
