@@ -107,7 +107,7 @@ async function apiInNetns(m: Member, dir: string, nodes: object): Promise<{ env:
  * /opt/cni/bin/kube-cni.d/node, and the plugin's defaults write /run/kube-cni and /var/log/kube-cni.log.
  * The harness starts `containerd` from PATH; this one, first on PATH, runs it in a mount namespace of its own
  * where /opt and /var/log are the temp root's and /run is empty, so nothing of this machine's is used or
- * changed. (This machine's / is a private mount: nothing made in there propagates out.)
+ * changed (`--propagation private`: no mount made in there propagates out).
  */
 function nodeMountNamespace(root: string, dir: string): string {
   const bin = join(dir, 'bin')
