@@ -169,6 +169,10 @@ ${indent(INIT_SCRIPT, 14)}
               mountPath: /host/etc/cni/net.d
             - name: bundle
               mountPath: /etc/kube-cni
+          # CRI-O's default capabilities leave SYS_CHROOT out; containerd's include it.
+          securityContext:
+            capabilities:
+              add: ["SYS_CHROOT"]
       containers:
         - name: routes
           image: ${IMAGE}
@@ -194,7 +198,7 @@ ${indent(ROUTES_SCRIPT, 14)}
                   key: backend
           securityContext:
             capabilities:
-              add: ["NET_ADMIN", "NET_RAW"]
+              add: ["NET_ADMIN", "NET_RAW", "SYS_CHROOT"]
           resources:
             requests:
               cpu: 10m

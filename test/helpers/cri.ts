@@ -42,7 +42,13 @@ export interface ContainerConfig {
   mounts?: Mount[]
   labels?: Record<string, string>
   log_path?: string
-  linux?: { security_context?: { privileged?: boolean; namespace_options?: { network?: NamespaceMode; pid?: NamespaceMode; ipc?: NamespaceMode } } }
+  linux?: {
+    security_context?: {
+      capabilities?: { add_capabilities?: string[]; drop_capabilities?: string[] }
+      privileged?: boolean
+      namespace_options?: { network?: NamespaceMode; pid?: NamespaceMode; ipc?: NamespaceMode }
+    }
+  }
 }
 
 export interface SandboxStatus {

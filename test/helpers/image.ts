@@ -80,9 +80,9 @@ export function nodeSlimImage(): string {
   })
 }
 
-/** A kind node's root stand-in, unpacked into `dir`: minbase with iproute2, as kind's node image has. */
-export function nodeRoot(dir: string): string {
+/** A node's root, unpacked into `dir`: by default minbase with iproute2, as kind's node image has. */
+export function nodeRoot(dir: string, include = ['iproute2']): string {
   mkdirSync(dir, { recursive: true })
-  must(['tar', '-C', dir, '--numeric-owner', '-xf', debianRootfs(['iproute2'])])
+  must(['tar', '-C', dir, '--numeric-owner', '-xf', debianRootfs(include)])
   return dir
 }
