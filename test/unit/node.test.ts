@@ -1,7 +1,7 @@
 import { test } from 'uvu'
 import * as assert from 'uvu/assert'
 import { parseNetConf } from '../../lib/netconf.ts'
-import { chainNames, chainsFor, nodeProblems, restoreInput } from '../../lib/node.ts'
+import { chainNames, chainsFor, nodeProblems, restoreInput, setupFor } from '../../lib/node.ts'
 
 const conf = (extra: Record<string, unknown> = {}) =>
   parseNetConf(JSON.stringify({ cniVersion: '1.0.0', name: 'k8s-pod-network', type: 'kube-cni', network: '10.200.0.0/16', subnet: '10.200.1.0/24', ...extra }))
@@ -29,6 +29,52 @@ test('without br_netfilter, STATUS has a problem naming the module and how to lo
   assert.match(problem.fix, 'modprobe br_netfilter')
   assert.match(problem.fix, '/etc/modules-load.d/')
   assert.equal(nodeProblems({ bridgeNetfilter: true }), [])
+})
+
+test('the rewrite input declares each chain (flushing it) and fills it: one copy after any number of runs', () => {
+  const c = conf()
+  const { forward, masq } = chainNames(c.name)
+  assert.is(restoreInput(chainsFor(c.name, c.pools[0], true), 'rewrite'), [
+    '*filter',
+    `:${forward} - [0:0]`,
+    `-A ${forward} -s 10.200.0.0/16 -j ACCEPT`,
+    `-A ${forward} -d 10.200.0.0/16 -j ACCEPT`,
+    'COMMIT',
+    '*nat',
+    `:${masq} - [0:0]`,
+    `-A ${masq} -d 10.200.0.0/16 -j RETURN`,
+    `-A ${masq} -d 224.0.0.0/4 -j RETURN`,
+    `-A ${masq} -j MASQUERADE`,
+    'COMMIT',
+    '',
+  ].join('\n'))
+})
+
+test('chains per family: IPv6 returns for its own network and ff00::/8; the jump masquerades only this node\'s subnet', () => {
+  const c = conf({ network: undefined, subnet: undefined, networks: ['10.200.0.0/16', 'fd00:200::/56'], subnets: ['10.200.1.0/24', 'fd00:200:0:1::/64'] })
+  const [, v6] = c.pools
+  const [forward, masq] = chainsFor(c.name, v6, true)
+  assert.equal(forward.rules, ['-s fd00:200::/56 -j ACCEPT', '-d fd00:200::/56 -j ACCEPT'])
+  assert.is(forward.jump, `FORWARD -j ${chainNames(c.name).forward}`)
+  assert.equal(masq.rules, ['-d fd00:200::/56 -j RETURN', '-d ff00::/8 -j RETURN', '-j MASQUERADE'])
+  assert.is(masq.jump, `POSTROUTING -s fd00:200:0:1::/64 -j ${chainNames(c.name).masq}`)
+})
+
+test('"ipMasq": false: the FORWARD accepts only, no nat table at all', () => {
+  const c = conf({ ipMasq: false })
+  const chains = chainsFor(c.name, c.pools[0], false)
+  assert.equal(chains.map((x) => x.table), ['filter'])
+  for (const mode of ['rewrite', 'check'] as const) assert.not.match(restoreInput(chains, mode), /\*nat|MASQUERADE/)
+})
+
+test('setupFor: the marker changes with the bridge, ipMasq or a pool, and only with them', () => {
+  const base = setupFor(conf())
+  assert.equal(JSON.parse(base), { bridge: 'cni0', ipMasq: true, pools: [{ subnet: '10.200.1.0/24', network: '10.200.0.0/16' }] })
+  assert.ok(base.endsWith('\n'))
+  for (const change of [{ bridge: 'br1' }, { ipMasq: false }, { subnet: '10.200.2.0/24' }, { network: '10.0.0.0/8' }])
+    assert.is.not(setupFor(conf(change)), base, JSON.stringify(change))
+  // What every pod has its own of, or what ensureNode does not set up, leaves the node as it is.
+  for (const same of [{ mtu: 1450 }, { hairpinMode: false }, { logLevel: 'debug' }]) assert.is(setupFor(conf(same)), base, JSON.stringify(same))
 })
 
 test.run()

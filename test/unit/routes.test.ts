@@ -209,4 +209,120 @@ test('vxlan: IPv6-only nodes get VTEP MACs of their own, from the podCIDR bits a
   assert.equal(macs, ['0a:58:00:00:00:01', '0a:58:00:00:00:02', '0a:58:00:00:00:03'])
 })
 
+// ---- the diff, backend by backend ------------------------------------------------------------------------
+
+const B = peer('node-b', ['10.200.2.0/24', 'fd00:200:0:2::/64'], ['192.0.2.2', '2001:db8:a::2'])
+const C = peer('node-c', ['10.200.3.0/24', 'fd00:200:0:3::/64'], ['192.0.2.3', '2001:db8:a::3'])
+const ours = (dst: string, gateway: string, dev = 'eth0') => ({ dst, gateway, dev, proto: '211' })
+const lines = (d: ReturnType<typeof diff>) => [...d.ip.map((s) => `ip ${s.line}`), ...d.bridge.map((s) => `bridge ${s.line}`)]
+
+test('host-gw diff from nothing: one route per peer and family, proto 211, each tied to its Node', () => {
+  const d = diff(plan([B, C]), current([]))
+  assert.equal(lines(d), [
+    'ip route replace 10.200.2.0/24 via 192.0.2.2 proto 211',
+    'ip route replace fd00:200:0:2::/64 via 2001:db8:a::2 proto 211',
+    'ip route replace 10.200.3.0/24 via 192.0.2.3 proto 211',
+    'ip route replace fd00:200:0:3::/64 via 2001:db8:a::3 proto 211',
+  ])
+  assert.equal(d.ip.map((s) => s.node), ['node-b', 'node-b', 'node-c', 'node-c'])
+  assert.equal(d.skipped, [])
+})
+
+test('host-gw diff: nothing to do when the kernel already matches; only the wrong gateway is replaced', () => {
+  const right = [ours('10.200.2.0/24', '192.0.2.2'), ours('fd00:200:0:2::/64', '2001:db8:a::2')]
+  assert.equal(lines(diff(plan([B]), current(right))), [])
+  const moved = [ours('10.200.2.0/24', '192.0.2.99'), ours('fd00:200:0:2::/64', '2001:db8:a::2')]
+  assert.equal(lines(diff(plan([B]), current(moved))), ['ip route replace 10.200.2.0/24 via 192.0.2.2 proto 211'])
+})
+
+test('diff: kube-cni\'s routes that no peer needs any more are removed, in both families; foreign ones are not', () => {
+  const have = [
+    ours('10.200.2.0/24', '192.0.2.2'),
+    ours('fd00:200:0:2::/64', '2001:db8:a::2'),
+    ours('10.200.9.0/24', '192.0.2.9'), // node-i left the cluster
+    ours('fd00:200:0:9::/64', '2001:db8:a::9'),
+    { dst: '10.200.8.0/24', gateway: '192.0.2.8', dev: 'eth0', proto: '4' }, // the admin's
+  ]
+  const d = diff(plan([B]), current(have))
+  assert.equal(lines(d), ['ip route del 10.200.9.0/24 proto 211', 'ip route del fd00:200:0:9::/64 proto 211'])
+  assert.ok(d.ip.every((s) => s.node === undefined && s.why === 'no peer needs it any more'))
+})
+
+test('diff: an IPv6 route moving to another device is deleted first (the kernel refuses to replace it); IPv4 is replaced in place', () => {
+  // Was vxlan, now host-gw, with kube-cni.1 already gone: its routes are still in the table until removed.
+  const have = [ours('10.200.2.0/24', '10.200.2.0', 'kube-cni.1'), ours('fd00:200:0:2::/64', 'fd00:200:0:2::', 'kube-cni.1')]
+  assert.equal(lines(diff(plan([B]), current(have))), [
+    'ip route replace 10.200.2.0/24 via 192.0.2.2 proto 211',
+    'ip route del fd00:200:0:2::/64 proto 211',
+    'ip route replace fd00:200:0:2::/64 via 2001:db8:a::2 proto 211',
+  ])
+})
+
+test('host-gw: a peer on no connected network is skipped, pointing to vxlan; a family without an InternalIP gets no route', () => {
+  const far = peer('node-far', ['10.200.4.0/24'], ['198.51.100.4'])
+  const v4only = peer('node-d', ['10.200.5.0/24', 'fd00:200:0:5::/64'], ['192.0.2.5'])
+  const p = plan([far, v4only])
+  assert.equal(dsts(p), ['node-d 10.200.5.0/24 via 192.0.2.5'])
+  assert.equal(reasons(p), {
+    'node-far': '198.51.100.4 is not on a directly connected network; host-gw cannot reach it, use --backend vxlan',
+    'node-d': 'no IPv6 InternalIP for fd00:200:0:5::/64',
+  })
+})
+
+const vxlanPlan = (peers: unknown[]) => plan(peers, LOCAL, NETWORKS, 'vxlan')
+
+test('vxlan from nothing: the device, its VTEPs (IPv6 nodad), a neighbour, an fdb entry and an onlink route per peer', () => {
+  const d = diff(vxlanPlan([B]), current([]))
+  assert.equal(lines(d), [
+    'ip link add name kube-cni.1 address 0a:58:0a:c8:01:00 mtu 1450 type vxlan id 1 local 192.0.2.1 dstport 4789 nolearning',
+    'ip link set dev kube-cni.1 up',
+    'ip addr replace 10.200.1.0/32 dev kube-cni.1',
+    'ip addr replace fd00:200:0:1::/128 dev kube-cni.1 nodad',
+    'ip neigh replace 10.200.2.0 lladdr 0a:58:0a:c8:02:00 dev kube-cni.1 nud permanent',
+    'ip neigh replace fd00:200:0:2:: lladdr 0a:58:0a:c8:02:00 dev kube-cni.1 nud permanent',
+    'ip route replace 10.200.2.0/24 via 10.200.2.0 dev kube-cni.1 onlink proto 211',
+    'ip route replace fd00:200:0:2::/64 via fd00:200:0:2:: dev kube-cni.1 onlink proto 211',
+    'bridge fdb replace 0a:58:0a:c8:02:00 dev kube-cni.1 dst 192.0.2.2 self permanent',
+  ])
+})
+
+test('vxlan: the tunnel MTU is the underlay\'s less the headers, 50 bytes over IPv4 and 70 over IPv6', () => {
+  const jumbo = LOCAL.map((l) => ({ ...l, mtu: 9000 }))
+  assert.is(plan([B], jumbo, NETWORKS, 'vxlan').vxlan!.mtu, 8950)
+  const v6 = peer('node-a', ['fd00:200:0:1::/64'], ['2001:db8:a::1'])
+  const p = planRoutes({ items: [v6, peer('node-b', ['fd00:200:0:2::/64'], ['2001:db8:a::2'])] } as any, 'node-a', 'vxlan', LOCAL, NETWORKS)
+  assert.equal([p.vxlan!.local, p.vxlan!.mtu], ['2001:db8:a::1', 1430])
+  assert.equal(p.vxlan!.fdb.map((f) => f.dst), ['2001:db8:a::2'])
+  assert.equal(dsts(p), ['node-b fd00:200:0:2::/64 via fd00:200:0:2::'])
+})
+
+test('vxlan: nothing to do when the device, neighbours, fdb and routes match; stale neighbours and fdb entries go', () => {
+  const p = vxlanPlan([B])
+  const routes = [ours('10.200.2.0/24', '10.200.2.0', 'kube-cni.1'), ours('fd00:200:0:2::/64', 'fd00:200:0:2::', 'kube-cni.1')]
+  const device = { ...VXLAN_OK, addresses: ['10.200.1.0', 'fd00:200:0:1::'] }
+  const neighbours = [{ address: '10.200.2.0', mac: '0a:58:0a:c8:02:00' }, { address: 'fd00:200:0:2::', mac: '0a:58:0a:c8:02:00' }]
+  const fdb = [{ mac: '0a:58:0a:c8:02:00', dst: '192.0.2.2' }]
+  const now = { ...current(routes), vxlan: device, neighbours, fdb }
+  assert.equal(lines(diff(p, now)), [])
+  const stale = { ...now, neighbours: [...neighbours, { address: '10.200.9.0', mac: '0a:58:0a:c8:09:00' }], fdb: [...fdb, { mac: '0a:58:0a:c8:09:00', dst: '192.0.2.9' }] }
+  assert.equal(lines(diff(p, stale)), ['ip neigh del 10.200.9.0 dev kube-cni.1', 'bridge fdb del 0a:58:0a:c8:09:00 dev kube-cni.1 dst 192.0.2.9 self'])
+  const changed = { ...now, vxlan: { ...device, mtu: 1400, mac: '0a:58:0a:c8:01:99', up: false } }
+  assert.equal(lines(diff(p, changed)), ['ip link set dev kube-cni.1 mtu 1450', 'ip link set dev kube-cni.1 address 0a:58:0a:c8:01:00', 'ip link set dev kube-cni.1 up'])
+})
+
+test('vxlan to host-gw: the device goes, and with it its routes, which are then not deleted one by one', () => {
+  const have = { ...current([ours('10.200.2.0/24', '10.200.2.0', 'kube-cni.1')]), vxlan: VXLAN_OK }
+  const d = diff(plan([peer('node-b', ['10.200.2.0/24'], ['192.0.2.2'])]), have)
+  assert.equal(lines(d), ['ip link del dev kube-cni.1', 'ip route replace 10.200.2.0/24 via 192.0.2.2 proto 211'])
+  assert.is(d.ip[0].why, 'switching to host-gw')
+})
+
+test('vxlan: this node without an InternalIP, a podCIDR, or its InternalIP in this netns is an error that says which', () => {
+  const run = (self: unknown) => () => planRoutes({ items: [self, B] } as any, 'node-a', 'vxlan', LOCAL, NETWORKS)
+  assert.throws(run(peer('node-a', ['10.200.1.0/24'], [])), /node node-a has no InternalIP: vxlan needs one/)
+  assert.throws(run(peer('node-a', [], ['192.0.2.1'])), /node node-a has no podCIDR/)
+  assert.throws(run(peer('node-a', ['10.200.1.0/24'], ['192.0.2.200'])), /InternalIP 192\.0\.2\.200 of node-a is not an address of this netns/)
+  assert.throws(() => planRoutes({ items: [B] } as any, 'node-a', 'host-gw', LOCAL), /node node-a is not in the NodeList: pass the name Kubernetes knows it by with --node/)
+})
+
 test.run()
