@@ -12,8 +12,8 @@
 // The repair runs under an flock held by a child `flock` process; the kernel drops it when that child's stdin
 // pipe closes, which happens when we exit, even by SIGKILL, so the lock cannot outlive its holder, and `-w`
 // bounds the wait so it cannot deadlock.
-import { existsSync, mkdirSync, readFileSync, writeFileSync } from 'node:fs'
-import { join } from 'node:path'
+import { accessSync, constants, existsSync, mkdirSync, readFileSync, statfsSync, writeFileSync } from 'node:fs'
+import { dirname, join } from 'node:path'
 import { spawn } from 'node:child_process'
 import { CniError, Code } from './cni.ts'
 import { explainSteps, run } from './exec.ts'
@@ -92,17 +92,68 @@ const noBridgeNetfilter: Problem = {
   fix: 'load it with `modprobe br_netfilter`, and keep it across reboots with `echo br_netfilter > /etc/modules-load.d/kube-cni.conf`',
 }
 
-/**
- * Why an ADD on this node would fail or give pods broken Services, for STATUS, from what the caller observed.
- * Pure, so each case is testable without breaking a node.
- */
-export function nodeProblems(facts: { bridgeNetfilter: boolean }): Problem[] {
-  return facts.bridgeNetfilter ? [] : [noBridgeNetfilter]
+// The Debian package of each tool an ADD may run.
+const PACKAGES: Record<string, string> = { ip: 'iproute2', nsenter: 'util-linux', flock: 'util-linux', cat: 'coreutils' }
+
+/** What the node offers, as STATUS observes it. */
+export interface NodeFacts {
+  found: (tool: string) => boolean // on PATH, executable
+  bridgeNetfilter: boolean
+  dataDir?: string // why the IPAM store cannot be written, if it cannot
 }
 
-/** The facts nodeProblems needs, cheap enough for a runtime that calls STATUS every 5 s: stats only. */
-export function observeNode(): Parameters<typeof nodeProblems>[0] {
-  return { bridgeNetfilter: existsSync(BRIDGE_NF) }
+/**
+ * Why an ADD on this node would fail or give pods broken Services, for STATUS. Pure, so each case is testable
+ * without breaking a node.
+ */
+export function nodeProblems(conf: NetConf, facts: NodeFacts): Problem[] {
+  const problems: Problem[] = []
+  if (facts.dataDir)
+    problems.push({ msg: `the IPAM store cannot be written: ${facts.dataDir}`, fix: 'make it writable for root, or set "dataDir" to a directory on a writable tmpfs (the default is /run/kube-cni/ipam)' })
+  const path = process.env.PATH ?? ''
+  for (const tool of ['ip', 'nsenter', 'flock', 'cat'].filter((t) => !facts.found(t)))
+    problems.push({ msg: `kube-cni needs ${tool}, and it is not in PATH=${path}`, fix: `install the ${PACKAGES[tool]} package on the node` })
+  for (const pool of conf.pools) {
+    const tool = iptablesOf(pool)
+    for (const t of [tool, `${tool}-restore`].filter((t) => !facts.found(t)))
+      problems.push({ msg: `kube-cni needs ${t}, and it is not in PATH=${path}`, fix: iptablesHint(conf, t) })
+  }
+  if (!facts.bridgeNetfilter) problems.push(noBridgeNetfilter)
+  return problems
+}
+
+/** The facts nodeProblems needs, cheap enough for a runtime that calls STATUS every 5 s: stats, no exec. */
+export function observeNode(conf: NetConf): NodeFacts {
+  const dirs = (process.env.PATH ?? '').split(':').filter((d) => d.startsWith('/'))
+  return {
+    found: (tool) => dirs.some((d) => can(join(d, tool), constants.X_OK)),
+    bridgeNetfilter: existsSync(BRIDGE_NF),
+    dataDir: storeProblem(join(conf.dataDir, conf.name)),
+  }
+}
+
+/** The store's directory, or the nearest existing one above it (ADD creates the rest): writable, not full. */
+function storeProblem(store: string): string | undefined {
+  let dir = store
+  while (!existsSync(dir) && dirname(dir) !== dir) dir = dirname(dir)
+  try {
+    accessSync(dir, constants.W_OK)
+  } catch (e) {
+    const code = (e as NodeJS.ErrnoException).code
+    return `${dir} is ${code === 'EROFS' ? 'on a read-only filesystem' : `not writable (${code})`}`
+  }
+  const fs = statfsSync(dir)
+  if (fs.bfree === 0 || (fs.files > 0 && fs.ffree === 0)) return `the filesystem of ${dir} is full`
+  return undefined
+}
+
+function can(path: string, mode: number): boolean {
+  try {
+    accessSync(path, mode)
+    return true
+  } catch {
+    return false
+  }
 }
 
 interface Chain {
@@ -210,9 +261,12 @@ async function dropOldMasquerade(conf: NetConf, pool: Pool): Promise<void> {
   await run([tool, '-w', '-t', 'nat', '-X', masq])
 }
 
+// Not "or set ipMasq to false": the FORWARD accepts need iptables either way.
+const iptablesHint = (conf: NetConf, tool: string) =>
+  `install the iptables package on the node: kube-cni needs ${tool} for ${conf.ipMasq ? 'its FORWARD accept and masquerade rules' : 'its FORWARD accept rules'}`
+
 async function iptables(conf: NetConf, argv: string[], input = ''): Promise<void> {
-  // Not "or set ipMasq to false": the FORWARD accepts need iptables either way.
-  const hint = `install the iptables package on the node: kube-cni needs ${argv[0]} for ${conf.ipMasq ? 'its FORWARD accept and masquerade rules' : 'its FORWARD accept rules'}`
+  const hint = iptablesHint(conf, argv[0])
   const r = await run(argv, input).catch((e) => {
     throw new CniError(Code.Internal, `cannot run ${argv[0]}: ${(e as Error).message}`, hint)
   })
