@@ -35,7 +35,7 @@ export async function ensureNode(conf: NetConf): Promise<void> {
     const previous = readText(marker)
     enableKnobs(conf)
     for (const pool of conf.pools) await ensureRules(conf, pool, previous)
-    if (!linkExists(conf.bridge)) await createBridge(conf)
+    await createBridge(conf)
     mkdirSync(join(marker, '..'), { recursive: true, mode: 0o700 })
     writeFileSync(marker, wanted)
   })

@@ -6,7 +6,7 @@ import * as assert from 'uvu/assert'
 import { probe, startEchoServers } from '../../lib/lab.ts'
 import { mkdirSync, rmSync, symlinkSync } from 'node:fs'
 import { join } from 'node:path'
-import { Node, PLUGIN, TMP, cleanupAll, must, nsPath, sh } from '../helpers/cluster.ts'
+import { Node, PLUGIN, TMP, cleanupAll, ipj, must, nsPath, sh } from '../helpers/cluster.ts'
 import { type Member, podIP, twoNodes } from '../helpers/topology.ts'
 
 test.after.each(cleanupAll)
@@ -104,6 +104,17 @@ test('without iptables, ADD says what to install, and why, for the config in use
     assert.not.match(r.json.details, 'ipMasq', 'setting ipMasq to false would not help: the FORWARD accepts need iptables')
     assert.is(r.json.details.includes('masquerade'), ipMasq, r.json.details)
   }
+})
+
+test('a link named like the bridge that is not a bridge: ADD says so, and the pod gets nothing', async () => {
+  const node = new Node()
+  must(['ip', '-n', node.ns, 'link', 'add', 'cni0', 'type', 'veth', 'peer', 'name', 'cni0peer'])
+  const pod = node.pod()
+  const r = await node.cni({ command: 'ADD', containerId: 'c1', netns: nsPath(pod) })
+  assert.is(r.json?.code, 103, r.stdout + r.stderr)
+  assert.is(r.json.msg, 'cni0 already exists but is not a bridge (it is a veth)')
+  assert.match(r.json.details, 'ip link del dev cni0')
+  assert.equal(ipj(pod, 'link', 'show').map((l: any) => l.ifname), ['lo'])
 })
 
 /** STATUS as a runtime calls it, with `before` run first in the same shell (in a private mount namespace). */
