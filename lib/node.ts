@@ -1,5 +1,6 @@
 // The node state every pod relies on: IP forwarding, bridge-nf-call-iptables for Services, the FORWARD accept
-// rules, the masquerade for traffic that leaves the cluster, and the bridge. The bash tutorial set all of it up by hand, once.
+// rules, the masquerade for traffic that leaves the cluster, and the bridge. The bash tutorial set it all up by
+// hand, once.
 //
 // Once is not enough: a firewall reload (`iptables -t nat -F`, firewalld) or a sysctl reset breaks every later
 // pod, and a changed `subnet` or `ipMasq` must take effect. So every ADD verifies, cheaply, and repairs what is
@@ -33,6 +34,7 @@ export async function ensureNode(conf: NetConf): Promise<void> {
   await withLock(join(conf.dataDir, 'node.lock'), async () => {
     if (await inPlace()) return // another ADD repaired it while we waited
     const previous = readText(marker)
+    log.info(`node setup for network ${conf.name}: ${previous === undefined ? 'first ADD' : previous === wanted ? 'repairing what changed outside kube-cni' : 'applying a changed config'}`)
     enableKnobs(conf)
     for (const pool of conf.pools) await ensureRules(conf, pool, previous)
     await createBridge(conf)
@@ -42,7 +44,7 @@ export async function ensureNode(conf: NetConf): Promise<void> {
 }
 
 /** What the node was set up for: a change in any of it is applied by the next ADD. */
-export function setupFor(conf: NetConf): string {
+function setupFor(conf: NetConf): string {
   const pools = conf.pools.map((p) => ({ subnet: formatCidr(p.subnet), network: formatCidr(p.network) }))
   return `${JSON.stringify({ bridge: conf.bridge, ipMasq: conf.ipMasq, pools })}\n`
 }
@@ -92,12 +94,13 @@ const noBridgeNetfilter: Problem = {
   fix: 'load it with `modprobe br_netfilter`, and keep it across reboots with `echo br_netfilter > /etc/modules-load.d/kube-cni.conf`',
 }
 
-// The Debian package of each tool an ADD may run.
+// The Debian package of each tool an ADD runs, iptables aside (its need depends on the config).
 const PACKAGES: Record<string, string> = { ip: 'iproute2', nsenter: 'util-linux', flock: 'util-linux', cat: 'coreutils' }
 
 /** What the node offers, as STATUS observes it. */
 export interface NodeFacts {
-  found: (tool: string) => boolean // on PATH, executable
+  path: string // where the tools are looked for
+  found: (tool: string) => boolean // on that path, executable
   bridgeNetfilter: boolean
   dataDir?: string // why the IPAM store cannot be written, if it cannot
 }
@@ -110,23 +113,31 @@ export function nodeProblems(conf: NetConf, facts: NodeFacts): Problem[] {
   const problems: Problem[] = []
   if (facts.dataDir)
     problems.push({ msg: `the IPAM store cannot be written: ${facts.dataDir}`, fix: 'make it writable for root, or set "dataDir" to a directory on a writable tmpfs (the default is /run/kube-cni/ipam)' })
-  const path = process.env.PATH ?? ''
-  for (const tool of ['ip', 'nsenter', 'flock', 'cat'].filter((t) => !facts.found(t)))
-    problems.push({ msg: `kube-cni needs ${tool}, and it is not in PATH=${path}`, fix: `install the ${PACKAGES[tool]} package on the node` })
-  for (const pool of conf.pools) {
-    const tool = iptablesOf(pool)
-    for (const t of [tool, `${tool}-restore`].filter((t) => !facts.found(t)))
-      problems.push({ msg: `kube-cni needs ${t}, and it is not in PATH=${path}`, fix: iptablesHint(conf, t) })
-  }
+  const tools = [...Object.keys(PACKAGES), ...conf.pools.flatMap((p) => [iptablesOf(p), `${iptablesOf(p)}-restore`])]
+  for (const tool of tools.filter((t) => !facts.found(t)))
+    problems.push({
+      msg: `kube-cni needs ${tool}, and it is not in PATH=${facts.path}`,
+      fix: PACKAGES[tool] ? `install the ${PACKAGES[tool]} package on the node` : iptablesHint(conf, tool),
+    })
   if (!facts.bridgeNetfilter) problems.push(noBridgeNetfilter)
   return problems
 }
 
 /** The facts nodeProblems needs, cheap enough for a runtime that calls STATUS every 5 s: stats, no exec. */
 export function observeNode(conf: NetConf): NodeFacts {
-  const dirs = (process.env.PATH ?? '').split(':').filter((d) => d.startsWith('/'))
+  const path = process.env.PATH ?? ''
+  const dirs = path.split(':').filter((d) => d.startsWith('/'))
   return {
-    found: (tool) => dirs.some((d) => can(join(d, tool), constants.X_OK)),
+    path,
+    found: (tool) =>
+      dirs.some((d) => {
+        try {
+          accessSync(join(d, tool), constants.X_OK)
+          return true
+        } catch {
+          return false
+        }
+      }),
     bridgeNetfilter: existsSync(BRIDGE_NF),
     dataDir: storeProblem(join(conf.dataDir, conf.name)),
   }
@@ -145,15 +156,6 @@ function storeProblem(store: string): string | undefined {
   const fs = statfsSync(dir)
   if (fs.bfree === 0 || (fs.files > 0 && fs.ffree === 0)) return `the filesystem of ${dir} is full`
   return undefined
-}
-
-function can(path: string, mode: number): boolean {
-  try {
-    accessSync(path, mode)
-    return true
-  } catch {
-    return false
-  }
 }
 
 interface Chain {

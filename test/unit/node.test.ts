@@ -3,7 +3,7 @@ import * as assert from 'uvu/assert'
 import { parseNetConf } from '../../lib/netconf.ts'
 import { chainNames, chainsFor, nodeProblems, restoreInput } from '../../lib/node.ts'
 
-const HEALTHY = { found: () => true, bridgeNetfilter: true }
+const HEALTHY = { path: '/usr/sbin:/usr/bin', found: () => true, bridgeNetfilter: true }
 const conf = (extra: Record<string, unknown> = {}) =>
   parseNetConf(JSON.stringify({ cniVersion: '1.0.0', name: 'k8s-pod-network', type: 'kube-cni', network: '10.200.0.0/16', subnet: '10.200.1.0/24', ...extra }))
 
