@@ -95,7 +95,7 @@ const noBridgeNetfilter: Problem = {
 }
 
 // The Debian package of each tool an ADD runs, iptables aside (its need depends on the config).
-const PACKAGES: Record<string, string> = { ip: 'iproute2', nsenter: 'util-linux', flock: 'util-linux', cat: 'coreutils' }
+const PACKAGES: Record<string, string> = { ip: 'iproute2', nsenter: 'util-linux', flock: 'util-linux' }
 
 /** What the node offers, as STATUS observes it. */
 export interface NodeFacts {
