@@ -231,7 +231,7 @@ async function cmdGc(conf: NetConf): Promise<void> {
 function cmdStatus(conf: NetConf): void {
   requireVersion(conf, 'STATUS', '1.1.0')
   // Stats and one directory listing per pool, no exec: containerd 2 calls STATUS every 5 s.
-  const [problem] = nodeProblems(observeNode())
+  const [problem] = nodeProblems(conf, observeNode(conf))
   if (problem) throw new CniError(Code.NotAvailable, problem.msg, problem.fix)
   const store = new Store(conf.dataDir, conf.name)
   for (const pool of conf.pools) {

@@ -93,14 +93,27 @@ function kernelError(what: string, r: { error: string }, hint = ''): CniError {
 
 /**
  * Creates the bridge with a fixed MAC derived from the gateway: a bridge without one takes the lowest MAC of
- * its ports, which changes as pods come and go and leaves stale ARP entries in every pod.
+ * its ports, which changes as pods come and go and leaves stale ARP entries in every pod. A bridge that is
+ * already there (another ADD's, or made by hand) is used; another kind of link by that name is an error that
+ * says so, as the reference plugin's does, instead of a failing `master` later.
  */
 export async function createBridge(conf: NetConf): Promise<void> {
   const mac = macFromAddress(conf.pools[0].gateway)
-  const r = await ipBatch([
-    { line: `link add name ${conf.bridge} address ${mac} type bridge`, why: 'bash: brctl addbr cni0 (done by hand)' },
-  ])
-  if (r.code !== 0 && !/File exists/.test(r.error)) throw kernelError(`cannot create bridge ${conf.bridge}`, r)
+  if (!linkExists(conf.bridge)) {
+    const r = await ipBatch([
+      { line: `link add name ${conf.bridge} address ${mac} type bridge`, why: 'bash: brctl addbr cni0 (done by hand)' },
+    ])
+    if (r.code === 0) return
+    if (!/File exists/.test(r.error)) throw kernelError(`cannot create bridge ${conf.bridge}`, r)
+  }
+  const shown = await run(['ip', '-d', '-j', 'link', 'show', 'dev', conf.bridge])
+  const kind = shown.code === 0 ? JSON.parse(shown.stdout)[0]?.linkinfo?.info_kind : undefined
+  if (kind !== 'bridge')
+    throw new CniError(
+      Code.Kernel,
+      `${conf.bridge} already exists but is not a bridge${kind ? ` (it is a ${kind})` : ''}`,
+      `delete it (ip link del dev ${conf.bridge}) or set "bridge" in the network config to another name`,
+    )
 }
 
 function cidrOf(pool: Pool, value: bigint): string {

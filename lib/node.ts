@@ -1,5 +1,6 @@
 // The node state every pod relies on: IP forwarding, bridge-nf-call-iptables for Services, the FORWARD accept
-// rules, the masquerade for traffic that leaves the cluster, and the bridge. The bash tutorial set all of it up by hand, once.
+// rules, the masquerade for traffic that leaves the cluster, and the bridge. The bash tutorial set it all up by
+// hand, once.
 //
 // Once is not enough: a firewall reload (`iptables -t nat -F`, firewalld) or a sysctl reset breaks every later
 // pod, and a changed `subnet` or `ipMasq` must take effect. So every ADD verifies, cheaply, and repairs what is
@@ -11,8 +12,8 @@
 //   nothing and fails when a rule or chain is gone.
 // The repair runs under an flock on a file we hold open (see withLock); the kernel drops it when we exit, even
 // by SIGKILL, so the lock cannot outlive its holder, and `-w` bounds the wait so it cannot deadlock.
-import { closeSync, constants, existsSync, openSync, readFileSync, writeFileSync } from 'node:fs'
-import { join } from 'node:path'
+import { accessSync, closeSync, constants, existsSync, openSync, readFileSync, statfsSync, writeFileSync } from 'node:fs'
+import { dirname, join } from 'node:path'
 import { spawn } from 'node:child_process'
 import { CniError, Code } from './cni.ts'
 import { explainSteps, run, spawnError } from './exec.ts'
@@ -33,9 +34,10 @@ export async function ensureNode(conf: NetConf): Promise<void> {
   await withLock(join(conf.dataDir, 'node.lock'), async () => {
     if (await inPlace()) return // another ADD repaired it while we waited
     const previous = readText(marker)
+    log.info(`node setup for network ${conf.name}: ${previous === undefined ? 'first ADD' : previous === wanted ? 'repairing what changed outside kube-cni' : 'applying a changed config'}`)
     enableKnobs(conf)
     for (const pool of conf.pools) await ensureRules(conf, pool, previous)
-    if (!linkExists(conf.bridge)) await createBridge(conf)
+    await createBridge(conf)
     makeDir(join(marker, '..'))
     try {
       writeAtomic(marker, wanted)
@@ -96,17 +98,68 @@ const noBridgeNetfilter: Problem = {
   fix: 'load it with `modprobe br_netfilter`, and keep it across reboots with `echo br_netfilter > /etc/modules-load.d/kube-cni.conf`',
 }
 
-/**
- * Why an ADD on this node would fail or give pods broken Services, for STATUS, from what the caller observed.
- * Pure, so each case is testable without breaking a node.
- */
-export function nodeProblems(facts: { bridgeNetfilter: boolean }): Problem[] {
-  return facts.bridgeNetfilter ? [] : [noBridgeNetfilter]
+// The Debian package of each tool an ADD runs, iptables aside (its need depends on the config).
+const PACKAGES: Record<string, string> = { ip: 'iproute2', nsenter: 'util-linux', flock: 'util-linux' }
+
+/** What the node offers, as STATUS observes it. */
+export interface NodeFacts {
+  path: string // where the tools are looked for
+  found: (tool: string) => boolean // on that path, executable
+  bridgeNetfilter: boolean
+  dataDir?: string // why the IPAM store cannot be written, if it cannot
 }
 
-/** The facts nodeProblems needs, cheap enough for a runtime that calls STATUS every 5 s: stats only. */
-export function observeNode(): Parameters<typeof nodeProblems>[0] {
-  return { bridgeNetfilter: existsSync(BRIDGE_NF) }
+/**
+ * Why an ADD on this node would fail or give pods broken Services, for STATUS. Pure, so each case is testable
+ * without breaking a node.
+ */
+export function nodeProblems(conf: NetConf, facts: NodeFacts): Problem[] {
+  const problems: Problem[] = []
+  if (facts.dataDir)
+    problems.push({ msg: `the IPAM store cannot be written: ${facts.dataDir}`, fix: 'make it writable for root, or set "dataDir" to a directory on a writable tmpfs (the default is /run/kube-cni/ipam)' })
+  const tools = [...Object.keys(PACKAGES), ...conf.pools.flatMap((p) => [iptablesOf(p), `${iptablesOf(p)}-restore`])]
+  for (const tool of tools.filter((t) => !facts.found(t)))
+    problems.push({
+      msg: `kube-cni needs ${tool}, and it is not in PATH=${facts.path}`,
+      fix: PACKAGES[tool] ? `install the ${PACKAGES[tool]} package on the node` : iptablesHint(conf, tool),
+    })
+  if (!facts.bridgeNetfilter) problems.push(noBridgeNetfilter)
+  return problems
+}
+
+/** The facts nodeProblems needs, cheap enough for a runtime that calls STATUS every 5 s: stats, no exec. */
+export function observeNode(conf: NetConf): NodeFacts {
+  const path = process.env.PATH ?? ''
+  const dirs = path.split(':').filter((d) => d.startsWith('/'))
+  return {
+    path,
+    found: (tool) =>
+      dirs.some((d) => {
+        try {
+          accessSync(join(d, tool), constants.X_OK)
+          return true
+        } catch {
+          return false
+        }
+      }),
+    bridgeNetfilter: existsSync(BRIDGE_NF),
+    dataDir: storeProblem(join(conf.dataDir, conf.name)),
+  }
+}
+
+/** The store's directory, or the nearest existing one above it (ADD creates the rest): writable, not full. */
+function storeProblem(store: string): string | undefined {
+  let dir = store
+  while (!existsSync(dir) && dirname(dir) !== dir) dir = dirname(dir)
+  try {
+    accessSync(dir, constants.W_OK)
+  } catch (e) {
+    const code = (e as NodeJS.ErrnoException).code
+    return `${dir} is ${code === 'EROFS' ? 'on a read-only filesystem' : `not writable (${code})`}`
+  }
+  const fs = statfsSync(dir)
+  if (fs.bfree === 0 || (fs.files > 0 && fs.ffree === 0)) return `the filesystem of ${dir} is full`
+  return undefined
 }
 
 interface Chain {
@@ -214,9 +267,12 @@ async function dropOldMasquerade(conf: NetConf, pool: Pool): Promise<void> {
   await run([tool, '-w', '-t', 'nat', '-X', masq])
 }
 
+// Not "or set ipMasq to false": the FORWARD accepts need iptables either way.
+const iptablesHint = (conf: NetConf, tool: string) =>
+  `install the iptables package on the node: kube-cni needs ${tool} for ${conf.ipMasq ? 'its FORWARD accept and masquerade rules' : 'its FORWARD accept rules'}`
+
 async function iptables(conf: NetConf, argv: string[], input = ''): Promise<void> {
-  // Not "or set ipMasq to false": the FORWARD accepts need iptables either way.
-  const hint = `install the iptables package on the node: kube-cni needs ${argv[0]} for ${conf.ipMasq ? 'its FORWARD accept and masquerade rules' : 'its FORWARD accept rules'}`
+  const hint = iptablesHint(conf, argv[0])
   const r = await run(argv, input).catch((e) => {
     throw new CniError(Code.Internal, `cannot run ${argv[0]}: ${(e as Error).message}`, hint)
   })

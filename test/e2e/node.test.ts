@@ -4,12 +4,14 @@
 import { test } from 'uvu'
 import * as assert from 'uvu/assert'
 import { probe, startEchoServers } from '../../lib/lab.ts'
-import { mkdirSync, symlinkSync } from 'node:fs'
+import { mkdirSync, rmSync, symlinkSync } from 'node:fs'
 import { join } from 'node:path'
-import { Node, TMP, cleanupAll, must, nsPath, sh } from '../helpers/cluster.ts'
+import { Node, PLUGIN, TMP, cleanupAll, ipj, must, nsPath, sh } from '../helpers/cluster.ts'
 import { type Member, podIP, twoNodes } from '../helpers/topology.ts'
 
 test.after.each(cleanupAll)
+
+const PATH = '/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin'
 
 /** Node b's InternalIP is outside the cluster `network`: a pod on a reaches it only through a's masquerade. */
 const OUTSIDE = '192.0.2.2'
@@ -102,6 +104,58 @@ test('without iptables, ADD says what to install, and why, for the config in use
     assert.not.match(r.json.details, 'ipMasq', 'setting ipMasq to false would not help: the FORWARD accepts need iptables')
     assert.is(r.json.details.includes('masquerade'), ipMasq, r.json.details)
   }
+})
+
+test('a link named like the bridge that is not a bridge: ADD says so, and the pod gets nothing', async () => {
+  const node = new Node()
+  must(['ip', '-n', node.ns, 'link', 'add', 'cni0', 'type', 'veth', 'peer', 'name', 'cni0peer'])
+  const pod = node.pod()
+  const r = await node.cni({ command: 'ADD', containerId: 'c1', netns: nsPath(pod) })
+  assert.is(r.json?.code, 103, r.stdout + r.stderr)
+  assert.is(r.json.msg, 'cni0 already exists but is not a bridge (it is a veth)')
+  assert.match(r.json.details, 'ip link del dev cni0')
+  assert.equal(ipj(pod, 'link', 'show').map((l: any) => l.ifname), ['lo'])
+})
+
+/** STATUS as a runtime calls it, with `before` run first in the same shell (in a private mount namespace). */
+function status(node: Node, { before = '', path = PATH, runAs = [] as string[] } = {}) {
+  const script = `${before}\nexec env -i PATH="$0" CNI_COMMAND=STATUS nsenter --net=${nsPath(node.ns)} ${runAs.join(' ')} ${PLUGIN}`
+  const r = sh(['unshare', '-m', 'sh', '-ec', script, path], JSON.stringify({ ...node.conf, cniVersion: '1.1.0' }))
+  return { ...r, json: r.stdout.trim() ? JSON.parse(r.stdout) : undefined }
+}
+
+test('STATUS answers 50 when the IPAM store is read-only or not writable, and 0 when it is fine', async () => {
+  const node = new Node()
+  const store = join(node.conf.dataDir as string, node.conf.name as string)
+  mkdirSync(store, { recursive: true })
+  assert.is(status(node).code, 0)
+  const ro = status(node, { before: `mount --bind ${store} ${store}; mount -o remount,bind,ro ${store}` })
+  assert.is(ro.json.code, 50, ro.stdout + ro.stderr)
+  assert.match(ro.json.msg, `${store} is on a read-only filesystem`)
+  assert.match(ro.json.details, '"dataDir"')
+  const nobody = status(node, { runAs: ['setpriv', '--reuid=65534', '--regid=65534', '--clear-groups'] })
+  assert.is(nobody.json.code, 50, nobody.stdout + nobody.stderr)
+  assert.match(nobody.json.msg, 'not writable (EACCES)')
+})
+
+test('STATUS answers 50 naming the package when ip or iptables is missing, and ignores ip6tables without an IPv6 pool', async () => {
+  const node = new Node()
+  const bin = join(TMP, 'status-bin')
+  mkdirSync(bin, { recursive: true })
+  for (const tool of ['nsenter', 'flock', 'cat', 'iptables', 'iptables-restore', 'env', 'setpriv'])
+    symlinkSync(must(['sh', '-c', `command -v ${tool}`]).trim(), join(bin, tool))
+  symlinkSync(process.execPath, join(bin, 'node'))
+  const noIp = status(node, { path: bin })
+  assert.is(noIp.json.code, 50, noIp.stdout + noIp.stderr)
+  assert.match(noIp.json.msg, 'kube-cni needs ip,')
+  assert.match(noIp.json.details, 'iproute2')
+  symlinkSync(must(['sh', '-c', 'command -v ip']).trim(), join(bin, 'ip'))
+  assert.is(status(node, { path: bin }).code, 0, 'no ip6tables, and none needed')
+  rmSync(join(bin, 'iptables-restore'))
+  const noIptables = status(node, { path: bin })
+  assert.is(noIptables.json.code, 50)
+  assert.match(noIptables.json.msg, 'kube-cni needs iptables-restore')
+  assert.match(noIptables.json.details, 'install the iptables package')
 })
 
 test('concurrent ADDs after a firewall reload leave one copy of each rule', async () => {

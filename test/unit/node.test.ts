@@ -3,6 +3,7 @@ import * as assert from 'uvu/assert'
 import { parseNetConf } from '../../lib/netconf.ts'
 import { chainNames, chainsFor, nodeProblems, restoreInput, setupFor } from '../../lib/node.ts'
 
+const HEALTHY = { path: '/usr/sbin:/usr/bin', found: () => true, bridgeNetfilter: true }
 const conf = (extra: Record<string, unknown> = {}) =>
   parseNetConf(JSON.stringify({ cniVersion: '1.0.0', name: 'k8s-pod-network', type: 'kube-cni', network: '10.200.0.0/16', subnet: '10.200.1.0/24', ...extra }))
 
@@ -23,12 +24,24 @@ test('the check input has only -C lines, the jumps included, and changes nothing
 })
 
 test('without br_netfilter, STATUS has a problem naming the module and how to load it for good', () => {
-  const [problem, ...more] = nodeProblems({ bridgeNetfilter: false })
+  const [problem, ...more] = nodeProblems(conf(), { ...HEALTHY, bridgeNetfilter: false })
   assert.equal(more, [])
   assert.match(problem.msg, 'br_netfilter')
   assert.match(problem.fix, 'modprobe br_netfilter')
   assert.match(problem.fix, '/etc/modules-load.d/')
-  assert.equal(nodeProblems({ bridgeNetfilter: true }), [])
+  assert.equal(nodeProblems(conf(), HEALTHY), [])
+})
+
+test('STATUS needs ip6tables only with an IPv6 pool, and its hint fits "ipMasq"', () => {
+  const without = (...missing: string[]) => ({ ...HEALTHY, found: (t: string) => !missing.includes(t) })
+  assert.equal(nodeProblems(conf(), without('ip6tables', 'ip6tables-restore')), [])
+  const dual = conf({ subnet: undefined, network: undefined, subnets: ['10.200.1.0/24', 'fd00::/64'], networks: ['10.200.0.0/16', 'fd00::/56'] })
+  assert.equal(nodeProblems(dual, without('ip6tables')).map((p) => p.msg.split(',')[0]), ['kube-cni needs ip6tables'])
+  const [masq] = nodeProblems(conf(), without('iptables-restore'))
+  assert.match(masq.fix, 'masquerade')
+  const [noMasq] = nodeProblems(conf({ ipMasq: false }), without('iptables-restore'))
+  assert.not.match(noMasq.fix, 'masquerade')
+  assert.match(nodeProblems(conf(), without('ip'))[0].fix, 'iproute2')
 })
 
 test('the rewrite input declares each chain (flushing it) and fills it: one copy after any number of runs', () => {
