@@ -22,13 +22,13 @@ import {
   readInvocation,
   versionAtLeast,
 } from './lib/cni.ts'
-import { run, waitForExit } from './lib/exec.ts'
+import { killLeftovers, run } from './lib/exec.ts'
 import { formatAddress, formatCidr, normalizeCidr } from './lib/ip.ts'
-import { type Attachment, type Owner, Store } from './lib/ipam.ts'
+import { type Attachment, type Listed, type Owner, Store } from './lib/ipam.ts'
 import { type PodPlan, linkExists, netnsProblem, newHostVethName, readMaster, readPod, setupPod, teardownPod } from './lib/link.ts'
 import { configureLog, log } from './lib/log.ts'
 import { MAX_STDIN, type NetConf, askedVersion, decodeJSON, parseNetConf } from './lib/netconf.ts'
-import { ensureNode } from './lib/node.ts'
+import { ensureNode, nodeProblems, observeNode } from './lib/node.ts'
 import { version } from './package.json'
 
 // ---- ADD -------------------------------------------------------------------------------------------------
@@ -48,6 +48,8 @@ async function cmdAdd(inv: Invocation, conf: NetConf): Promise<object> {
 
     // The veth pair into the sandbox, attached to the bridge, with the pod's address and default route.
     const { hostVeth, links } = await createVeth(inv, conf, ips, attachment)
+    // Its children are done: a pid recycled by then must not look like one to a later DEL.
+    attachment.clearPids()
 
     // The result, in the version the runtime asked for.
     return encodeResult(
@@ -103,9 +105,17 @@ async function cmdDel(inv: Invocation, conf: NetConf): Promise<void> {
   // DEL follows the IPAM record, never the netns: the netns may be gone, and CNI_NETNS may be empty.
   const store = new Store(conf.dataDir, conf.name)
   const record = store.readRecord(owner(inv))
-  // An ADD killed mid-way leaves its `ip` children running; let them finish before undoing their work.
-  await waitForExit(record?.pids ?? [])
-  await teardownPod(inv.netns, inv.ifname, record?.hostVeth)
+  // An ADD killed mid-way leaves its `ip` children running: stop them before undoing their work, or one that
+  // finishes later brings the veth back.
+  await killLeftovers(record?.pids ?? [])
+  try {
+    await teardownPod(inv.netns, inv.ifname, record?.hostVeth)
+  } catch (e) {
+    // A pod that is gone must get its IPs back even when the kernel will not let go of its veth. The record
+    // stays, so a retried DEL still knows the veth; free() only ever removes what is still this owner's.
+    for (const ip of record?.ips ?? []) store.free(ip, owner(inv))
+    throw e
+  }
   release(store, owner(inv), record)
 }
 
@@ -183,10 +193,12 @@ async function cmdGc(conf: NetConf): Promise<void> {
   )
   const isValid = (o: Owner | null) => o !== null && valid.has(`${o.containerId}:${o.ifname}`)
 
+  // An attachment whose ADD is still running is not in the list yet, and is not ours to free (lib/ipam.ts,
+  // Adder): it is skipped with the IPs it names, and so is an IP file an ADD may have only just created.
   const store = new Store(conf.dataDir, conf.name)
   const errors: string[] = []
-  for (const { owner: who, record } of store.listAttachments()) {
-    if (isValid(who)) continue
+  const busy = new Set<string>()
+  const free = async ({ owner: who, record }: Listed) => {
     try {
       await teardownPod('', who.ifname, record.hostVeth)
       release(store, who, record)
@@ -195,15 +207,32 @@ async function cmdGc(conf: NetConf): Promise<void> {
       errors.push((e as Error).message) // go on: one stuck attachment must not keep the others leaked
     }
   }
+  for (const found of store.listAttachments()) {
+    if (found.busy) {
+      for (const ip of found.record.ips) busy.add(ip)
+      log.info(`gc: left ${found.owner.containerId}/${found.owner.ifname} alone: its ADD is still running`)
+    } else if (!isValid(found.owner)) await free(found)
+  }
   for (const r of store.listReserved()) {
-    if (!isValid(r.owner) && store.free(r.ip, r.owner ?? { containerId: '', ifname: '' }))
-      log.info(`gc: freed ${r.ip}, reserved by ${r.owner ? `${r.owner.containerId}/${r.owner.ifname}` : 'a killed ADD'}`)
+    if (isValid(r.owner) || busy.has(r.ip)) continue
+    if (r.owner === null) {
+      if (!store.isBeingReserved(r.ip) && store.free(r.ip, { containerId: '', ifname: '' })) log.info(`gc: freed ${r.ip}, reserved by a killed ADD`)
+      continue
+    }
+    // An ADD that started after the listing above: free its attachment whole if it has finished, never its IP alone.
+    const found = store.attachment(r.owner)
+    if (found?.busy) continue
+    if (found) await free(found)
+    else if (store.free(r.ip, r.owner)) log.info(`gc: freed ${r.ip}, reserved by ${r.owner.containerId}/${r.owner.ifname}`)
   }
   if (errors.length) throw new CniError(Code.IOFailure, `GC could not free everything: ${errors.join('; ')}`)
 }
 
 function cmdStatus(conf: NetConf): void {
   requireVersion(conf, 'STATUS', '1.1.0')
+  // Stats and one directory listing per pool, no exec: containerd 2 calls STATUS every 5 s.
+  const [problem] = nodeProblems(conf, observeNode(conf))
+  if (problem) throw new CniError(Code.NotAvailable, problem.msg, problem.fix)
   const store = new Store(conf.dataDir, conf.name)
   for (const pool of conf.pools) {
     const used = store.countReserved(pool)

@@ -171,6 +171,10 @@ ${indent(INIT_SCRIPT, 14)}
               mountPath: /host/etc/cni/net.d
             - name: bundle
               mountPath: /etc/kube-cni
+          # CRI-O's default capabilities leave SYS_CHROOT out; containerd's include it.
+          securityContext:
+            capabilities:
+              add: ["SYS_CHROOT"]
       containers:
         - name: routes
           image: ${IMAGE}
@@ -210,7 +214,7 @@ ${indent(ROUTES_SCRIPT, 14)}
             periodSeconds: 10
           securityContext:
             capabilities:
-              add: ["NET_ADMIN", "NET_RAW"]
+              add: ["NET_ADMIN", "NET_RAW", "SYS_CHROOT"]
           resources:
             requests:
               cpu: 10m

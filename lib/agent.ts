@@ -37,8 +37,11 @@ export async function reconcileLogged(nodes: NodeList, o: Pick<AgentOptions, 'no
   for (const [node, reason] of now) if (known.get(node) !== reason) say(`skipped ${node}: ${reason}`)
   known.clear()
   for (const [node, reason] of now) known.set(node, reason)
+  for (const f of report.failed) say(`failed${f.node ? ` for ${f.node}` : ''}: ${f.line}: ${f.error}`)
+  const failed = report.failed.length
   if (o.dryRun) for (const c of report.changes) process.stdout.write(`${c}\n`)
-  else say(report.changes.length ? `${report.changes.length} changes` : 'no changes')
+  else if (!report.changes.length) say('no changes')
+  else say(`${report.changes.length} changes${failed ? `, ${failed} of them failed (the others were made)` : ''}`)
   return report
 }
 
@@ -64,6 +67,7 @@ export async function runAgent(o: AgentOptions): Promise<never> {
     errors: registry.counter('kube_cni_reconcile_errors_total', 'Reconciles that failed.'),
     lastSuccess: registry.gauge('kube_cni_last_success_timestamp_seconds', 'When a reconcile last succeeded (Unix time).'),
     routes: registry.gauge('kube_cni_routes', 'Routes kube-cni made (proto 211) in this netns, by backend.'),
+    failedChanges: registry.gauge('kube_cni_failed_changes', 'Changes the kernel refused at the last reconcile (the others were made).'),
     skipped: registry.gauge('kube_cni_skipped_nodes', 'Nodes (or parts of them) left out of the routes at the last reconcile, by reason.'),
     lists: registry.counter('kube_cni_watch_lists_total', 'Full lists of the Nodes from the API server.'),
     relists: registry.counter('kube_cni_watch_relists_total', 'Lists after the first: a 410 Gone, or the --resync safety net.'),
@@ -89,6 +93,7 @@ export async function runAgent(o: AgentOptions): Promise<never> {
       failingSince = undefined
       failures = 0
       m.lastSuccess.set(Math.floor(lastSuccess / 1000))
+      m.failedChanges.set(report.failed.length)
       const kinds = new Map<string, number>()
       for (const k of report.skipped.flatMap(skipKinds)) kinds.set(k, (kinds.get(k) ?? 0) + 1)
       m.skipped.replace([...kinds].map(([reason, n]) => [{ reason }, n]))

@@ -67,11 +67,29 @@ export interface Invocation {
 }
 
 const CONTAINER_ID = /^[a-zA-Z0-9][a-zA-Z0-9_.-]*$/
-// Stricter than the kernel on purpose: no shell metacharacters, and no '@', which `ip` uses as a separator.
-const IFNAME = /^[A-Za-z0-9_.-]{1,15}$/
+// The bridge's name also goes into iptables rules, where a trailing '+' is a wildcard: keep it plain.
+const BRIDGE_NAME = /^[A-Za-z0-9_.-]{1,15}$/
 
-export function isValidIfname(name: string): boolean {
-  return IFNAME.test(name) && name !== '.' && name !== '..'
+export function isValidBridgeName(name: string): boolean {
+  return BRIDGE_NAME.test(name) && name !== '.' && name !== '..'
+}
+
+/**
+ * Why a CNI_IFNAME cannot be used, or undefined when it can. The kernel's own rule (dev_valid_name): 1-15
+ * bytes, not "." or "..", no '/', ':' or white space, where its isspace() also counts the byte 0xA0 (so some
+ * UTF-8 letters are refused, as the kernel would). Three more refusals are ours: '%' makes the kernel pick a
+ * name from a template, '#' starts a comment in an `ip -batch` line, and a leading quote mark opens a quoted
+ * word there. Anything else, '@' and non-ASCII included, goes through.
+ */
+export function ifnameProblem(name: string): string | undefined {
+  const bytes = Buffer.from(name, 'utf8')
+  if (bytes.length < 1 || bytes.length > 15) return `it must be 1 to 15 bytes long (it is ${bytes.length})`
+  if (name === '.' || name === '..') return 'the kernel refuses "." and ".."'
+  if (bytes.some((b) => b <= 0x20 || b === 0x7f || b === 0xa0)) return 'the kernel refuses white space and control characters'
+  if (/[/:]/.test(name)) return `the kernel refuses '/' and ':'`
+  if (name.includes('%')) return `'%' would make the kernel choose the name from a template`
+  if (name.includes('#')) return `'#' starts a comment in the \`ip -batch\` lines kube-cni runs`
+  if (/^["']/.test(name)) return 'a leading quote mark opens a quoted word in `ip -batch` lines'
 }
 
 const REQUIRED: Record<Command, string[]> = {
@@ -104,8 +122,8 @@ export function readInvocation(env: NodeJS.ProcessEnv): Invocation {
   if (REQUIRED[command].length) {
     if (!CONTAINER_ID.test(inv.containerId))
       throw invalidEnv('CNI_CONTAINERID', `${JSON.stringify(inv.containerId)} must match ${CONTAINER_ID.source}`)
-    if (!isValidIfname(inv.ifname))
-      throw invalidEnv('CNI_IFNAME', `${JSON.stringify(inv.ifname)} must be 1-15 characters of A-Z a-z 0-9 _ . -`)
+    const problem = ifnameProblem(inv.ifname)
+    if (problem) throw invalidEnv('CNI_IFNAME', `${JSON.stringify(inv.ifname)}: ${problem}`)
   }
   return inv
 }

@@ -17,6 +17,12 @@ export interface Step {
   why?: string // which step of the bash original this replaces
 }
 
+/** A child process, named so that a recycled pid cannot pass for it: the kernel's start time never repeats. */
+export interface Proc {
+  pid: number
+  start: number // field 22 of /proc/<pid>/stat, clock ticks since boot
+}
+
 export const explain = { enabled: process.env.KUBE_CNI_EXPLAIN === '1' }
 
 export function explainSteps(steps: Step[]): void {
@@ -25,10 +31,12 @@ export function explainSteps(steps: Step[]): void {
 }
 
 /** Runs argv[0] with argv[1..], feeding input on stdin. Never throws for a non-zero exit: callers decide. */
-export function run(argv: string[], input = '', onSpawn?: (pid: number) => void): Promise<Output> {
+export function run(argv: string[], input = '', onSpawn?: (proc: Proc) => void): Promise<Output> {
   return new Promise((resolve, reject) => {
     const child = spawn(argv[0], argv.slice(1), { stdio: ['pipe', 'pipe', 'pipe'] })
-    if (child.pid !== undefined) onSpawn?.(child.pid)
+    // The child cannot have been reaped yet (that needs the event loop), so its /proc entry is there.
+    const start = child.pid === undefined || !onSpawn ? undefined : startTime(child.pid)
+    if (start !== undefined) onSpawn?.({ pid: child.pid!, start })
     let stdout = ''
     let stderr = ''
     child.stdout.setEncoding('utf8').on('data', (d) => (stdout += d))
@@ -64,21 +72,55 @@ export function spawnError(tool: string, e: Error): CniError {
 }
 
 /**
- * Waits until none of these pids is still an `ip` or `nsenter` we started (a plugin killed by SIGKILL
- * leaves its children running). The name check keeps a recycled pid from holding us up.
+ * Kills the tools an ADD that was itself killed left running, and waits until they are dead: such an `ip`,
+ * stuck or just slow, would otherwise create the veth after DEL has removed everything. Only processes that
+ * are still the ones we started (same pid AND start time) and still `ip` or `nsenter` are touched; the list
+ * comes from a file, so it and each entry are checked for shape too.
  */
-export async function waitForExit(pids: number[], timeoutMs = 5000): Promise<void> {
-  const deadline = Date.now() + timeoutMs
-  for (const pid of pids) {
-    while (Date.now() < deadline && isOurTool(pid)) await new Promise((r) => setTimeout(r, 5))
+export async function killLeftovers(procs: unknown): Promise<void> {
+  const ours = (Array.isArray(procs) ? procs : []).filter((p): p is Proc => isProc(p) && isOurTool(p.pid, p.start))
+  for (const { pid } of ours) {
+    try {
+      process.kill(pid, 'SIGKILL')
+    } catch {
+      // it exited on its own in between
+    }
   }
+  for (const p of ours) while (isAlive(p)) await new Promise((r) => setTimeout(r, 2))
 }
 
-function isOurTool(pid: number): boolean {
+/** The shape of a Proc, for one read from a file that may have been tampered with. */
+export function isProc(p: unknown): p is Proc {
+  const { pid, start } = (p ?? {}) as Partial<Proc>
+  return Number.isSafeInteger(pid) && pid! > 1 && Number.isSafeInteger(start)
+}
+
+/** /proc/<pid>/stat split so that fields[n] is field n+1 of proc(5); undefined when there is no such process. */
+function stat(pid: number | 'self'): string[] | undefined {
+  let text: string
   try {
-    const comm = readFileSync(`/proc/${pid}/comm`, 'utf8').trim()
-    return comm === 'ip' || comm === 'nsenter'
+    text = readFileSync(`/proc/${pid}/stat`, 'utf8')
   } catch {
-    return false
+    return undefined
   }
+  // Field 2 is the command in parentheses and may itself contain ") ": split after the last one.
+  const close = text.lastIndexOf(')')
+  return [String(pid), text.slice(text.indexOf('(') + 1, close), ...text.slice(close + 2).split(' ')]
+}
+
+/** Field 22 of proc(5)'s stat, clock ticks since boot: when the process started, which a recycled pid does not share. */
+export function startTime(pid: number | 'self'): number | undefined {
+  const fields = stat(pid)
+  return fields ? Number(fields[21]) : undefined
+}
+
+function isOurTool(pid: number, start: number): boolean {
+  const fields = stat(pid)
+  return fields !== undefined && Number(fields[21]) === start && (fields[1] === 'ip' || fields[1] === 'nsenter')
+}
+
+/** A zombie has done all it will ever do: its new parent (init, since the ADD is dead) reaps it when it likes. */
+export function isAlive(p: Proc): boolean {
+  const fields = stat(p.pid)
+  return fields !== undefined && Number(fields[21]) === p.start && fields[2] !== 'Z'
 }

@@ -7,12 +7,19 @@
 //   attachments/<cid>:<if>    the attachment's record, created exclusively BEFORE any IP is taken; a
 //                             container ID too long for a file name is cut, with a hash of the whole ID
 //
+// Nothing in the store is trusted: its directories must be root's and closed to others (anyone else could plant
+// a symlink or a record), no file is read through a symlink, and a record's IPs and host veth name must look like
+// what kube-cni writes before they become a file name or an `ip` argument.
+//
 // No lock is needed: the kernel lets exactly one O_EXCL create win. The record is written ahead of every
 // attempt (the candidate IP and the host veth name), so a plugin SIGKILLed at any point leaves a record
 // that DEL can follow to free exactly what was taken. DEL never has to ask the netns.
 import {
   closeSync,
+  constants,
+  fstatSync,
   ftruncateSync,
+  lstatSync,
   mkdirSync,
   openSync,
   readFileSync,
@@ -24,6 +31,7 @@ import {
 } from 'node:fs'
 import { join } from 'node:path'
 import { CniError, Code } from './cni.ts'
+import { type Proc, isAlive, isProc, startTime } from './exec.ts'
 import { type Family, containsAddress, formatAddress, formatCidr, parseAddress } from './ip.ts'
 import { log } from './log.ts'
 import type { Pool } from './netconf.ts'
@@ -39,8 +47,20 @@ export interface AttachmentRecord {
   ifname?: string
   ips: string[] // reserved or being reserved, one per family
   hostVeth?: string
-  pids?: number[] // `ip` processes an ADD started; a DEL waits for any that outlived a killed ADD
+  pids?: Proc[] // `ip` processes a running ADD started; a DEL kills any that outlived a killed ADD
+  /**
+   * GC must never free an attachment whose ADD is still running. The ADD "locks" its record by naming itself in
+   * it: its pid and the process's start time, which tell a live ADD from a recycled pid. This costs the hot path
+   * one read of /proc/self/stat and nothing else: the record is written anyway, and the lock ends when the
+   * process does, however it ends, like an flock, but with no flock(1) child to start (Node has no flock call,
+   * and a child per ADD costs a fork and an exec). An in-progress marker file would cost a create and an
+   * unlink, and still need the same liveness check for a killed ADD.
+   */
+  adding?: Proc // the ADD that wrote it: while that process lives, GC leaves the attachment alone
 }
+
+/** A record file written in the last moments may be half-written by an ADD: GC leaves it for the next run. */
+const FRESH_MS = 10_000
 
 const errno = (e: unknown) => (e as NodeJS.ErrnoException).code
 
@@ -48,12 +68,24 @@ export class Store {
   readonly dir: string
   private readonly attachments: string
 
-  constructor(dataDir: string, network: string) {
+  private checked = false
+
+  constructor(
+    private readonly dataDir: string,
+    network: string,
+  ) {
     this.dir = join(dataDir, network)
     this.attachments = join(this.dir, 'attachments')
   }
 
-  private recordPath(o: Owner): string {
+  /** Once per process, before the store's files are read or written: three lstats. */
+  private guard(): void {
+    if (this.checked) return
+    for (const dir of [this.dataDir, this.dir, this.attachments]) assertPrivateDir(dir)
+    this.checked = true
+  }
+
+  recordPath(o: Owner): string {
     return join(this.attachments, recordName(o))
   }
 
@@ -62,19 +94,28 @@ export class Store {
    * spec asks. The returned handle keeps the record file open so every step can rewrite it cheaply.
    */
   open(owner: Owner): Attachment {
-    mkdirSync(this.attachments, { recursive: true, mode: 0o700 })
+    makeDir(this.attachments)
+    this.guard()
+    const path = this.recordPath(owner)
     let fd: number
     try {
-      fd = openSync(this.recordPath(owner), 'wx', 0o600)
+      fd = openSync(path, 'wx', 0o600)
     } catch (e) {
-      if (errno(e) !== 'EEXIST') throw ioError(`create ${this.recordPath(owner)}`, e)
+      if (errno(e) !== 'EEXIST') throw ioError('create', path, e)
       throw new CniError(
         Code.AlreadyExists,
         `container ${owner.containerId} already has an attachment on ${owner.ifname}`,
         'the runtime must DEL it before adding it again',
       )
     }
-    return new Attachment(this, owner, fd)
+    try {
+      return new Attachment(this, owner, fd)
+    } catch (e) {
+      // A full disk lets the create succeed and the first write fail: leave no empty record behind.
+      closeSync(fd)
+      discard(path)
+      throw e
+    }
   }
 
   /**
@@ -84,6 +125,7 @@ export class Store {
    * not pay a failed create and a record write for each of them.
    */
   reserve(pool: Pool, owner: Owner, beforeTry: (ip: string) => void): bigint {
+    this.guard()
     const size = pool.lastHost - pool.firstHost + 1n
     const cursor = join(this.dir, `last_reserved_ip.${pool.family}`)
     const last = readLast(cursor, pool)
@@ -97,14 +139,23 @@ export class Store {
       if (taken?.has(ip)) continue
       attempts++
       beforeTry(ip)
+      const path = join(this.dir, ip)
       try {
-        writeFileSync(join(this.dir, ip), `${owner.containerId}\r\n${owner.ifname}`, { flag: 'wx', mode: 0o600 })
+        writeFileSync(path, `${owner.containerId}\r\n${owner.ifname}`, { flag: 'wx', mode: 0o600 })
       } catch (e) {
-        if (errno(e) !== 'EEXIST') throw ioError(`reserve ${ip} in ${this.dir}`, e)
+        if (errno(e) !== 'EEXIST') {
+          discard(path) // a full disk: created, then the write failed; not EEXIST, so the file is no one else's
+          throw ioError('reserve', path, e)
+        }
         taken ??= new Set(listDir(this.dir))
         continue
       }
-      writeAtomic(cursor, ip)
+      try {
+        writeAtomic(cursor, ip)
+      } catch (e) {
+        // Only where the next search starts: a stale cursor costs a failed create, never an address.
+        log.error(`IPAM: cannot update ${cursor}: ${(e as Error).message}`)
+      }
       log.debug(`IPAM: ${ip} for ${owner.containerId}/${owner.ifname}, ${attempts === 1 ? 'first try' : `${attempts} tries`} from the cursor`)
       return candidate
     }
@@ -117,6 +168,7 @@ export class Store {
 
   /** Frees the IP if `owner` holds it. An empty file is a reservation whose creator died mid-write. */
   free(ip: string, owner: Owner): boolean {
+    if (!isAddressName(ip)) return false
     const path = join(this.dir, ip)
     const holder = readOwner(path)
     if (holder === undefined) return false
@@ -125,6 +177,8 @@ export class Store {
   }
 
   ownerOf(ip: string): Owner | null | undefined {
+    if (!isAddressName(ip)) return undefined
+    this.guard()
     return readOwner(join(this.dir, ip))
   }
 
@@ -133,14 +187,10 @@ export class Store {
    * owner holds stand in for its list, as host-local finds them by scanning its store.
    */
   readRecord(owner: Owner): AttachmentRecord | undefined {
-    let text: string
-    try {
-      text = readFileSync(this.recordPath(owner), 'utf8')
-    } catch (e) {
-      if (errno(e) === 'ENOENT') return undefined
-      throw ioError(`read ${this.recordPath(owner)}`, e)
-    }
-    const record = parseRecord(text)
+    this.guard()
+    const text = readPlain(this.recordPath(owner))
+    if (text === undefined) return undefined
+    const record = text === null ? undefined : parseRecord(text)
     if (record) return record
     const ips = this.listReserved()
       .filter((r) => r.owner?.containerId === owner.containerId && r.owner.ifname === owner.ifname)
@@ -150,32 +200,55 @@ export class Store {
   }
 
   dropRecord(owner: Owner): void {
+    this.guard()
     unlinkQuiet(this.recordPath(owner))
   }
 
-  /** Every attachment on record, for GC. */
-  listAttachments(): { owner: Owner; record: AttachmentRecord }[] {
+  /** Every attachment on record, for GC; `busy` while its ADD may still be running. */
+  listAttachments(): Listed[] {
+    this.guard()
     return listDir(this.attachments).flatMap((key) => {
       const colon = key.lastIndexOf(':')
       if (colon < 0) return []
       const named = { containerId: key.slice(0, colon), ifname: key.slice(colon + 1) }
-      const record = parseRecord(readQuiet(join(this.attachments, key)) ?? '')
-      const owner = record?.containerId && record.ifname ? { containerId: record.containerId, ifname: record.ifname } : named
+      const found = this.inspect(join(this.attachments, key), named)
       // A cut name with a damaged record names no owner: its IP files still do, and GC frees them by those.
-      if (owner.containerId.includes(HASHED)) return []
-      const found = record ?? this.readRecord(owner)
-      return found ? [{ owner, record: found }] : []
+      return found && !found.owner.containerId.includes(HASHED) ? [found] : []
     })
+  }
+
+  /** The attachment of this owner, for GC, as listAttachments sees it. */
+  attachment(owner: Owner): Listed | undefined {
+    this.guard()
+    return this.inspect(this.recordPath(owner), owner)
+  }
+
+  private inspect(path: string, named: Owner): Listed | undefined {
+    const text = readPlain(path)
+    if (text === undefined) return undefined
+    const record = text === null ? undefined : parseRecord(text)
+    if (record) {
+      const owner = record.containerId && record.ifname ? { containerId: record.containerId, ifname: record.ifname } : named
+      return { owner, record, busy: record.adding !== undefined && isAlive(record.adding) }
+    }
+    if (text !== null && isFresh(path)) return { owner: named, record: { ips: [] }, busy: true }
+    return { owner: named, record: this.readRecord(named) ?? { ips: [] }, busy: false }
   }
 
   /** Every reserved IP with its owner (null when the file is empty), for GC and STATUS. */
   listReserved(): { ip: string; family: Family; value: bigint; owner: Owner | null }[] {
+    this.guard()
     return listDir(this.dir).flatMap((name) => {
       const addr = parseAddress(name)
       if (!addr) return []
       const owner = readOwner(join(this.dir, name))
       return owner === undefined ? [] : [{ ip: name, ...addr, owner }]
     })
+  }
+
+  /** An IP file with no owner yet that an ADD may have just created and not yet written. */
+  isBeingReserved(ip: string): boolean {
+    return isAddressName(ip) && isFresh(join(this.dir, ip))
   }
 
   countReserved(pool: Pool): number {
@@ -188,6 +261,12 @@ export class Store {
   }
 }
 
+export interface Listed {
+  owner: Owner
+  record: AttachmentRecord
+  busy: boolean
+}
+
 /** One ADD's record, kept open and rewritten before each step, so a kill at any point is recoverable. */
 export class Attachment {
   private record: AttachmentRecord
@@ -197,7 +276,7 @@ export class Attachment {
     readonly owner: Owner,
     private readonly fd: number,
   ) {
-    this.record = { ...owner, ips: [] }
+    this.record = { ...owner, ips: [], adding: { pid: process.pid, start: startTime('self') ?? 0 } }
     this.save()
   }
 
@@ -214,8 +293,14 @@ export class Attachment {
     this.save()
   }
 
-  addPid(pid: number): void {
-    this.record.pids = [...(this.record.pids ?? []), pid]
+  addPid(proc: Proc): void {
+    this.record.pids = [...(this.record.pids ?? []), proc]
+    this.save()
+  }
+
+  /** Once ADD has succeeded its children are done; a DEL must not even look for them. */
+  clearPids(): void {
+    delete this.record.pids
     this.save()
   }
 
@@ -225,8 +310,12 @@ export class Attachment {
 
   private save(): void {
     const text = JSON.stringify(this.record)
-    writeSync(this.fd, text, 0)
-    ftruncateSync(this.fd, Buffer.byteLength(text))
+    try {
+      writeSync(this.fd, text, 0)
+      ftruncateSync(this.fd, Buffer.byteLength(text))
+    } catch (e) {
+      throw ioError('write', this.store.recordPath(this.owner), e)
+    }
   }
 }
 
@@ -243,7 +332,16 @@ function recordName(o: Owner): string {
   return `${o.containerId.slice(0, 128)}${HASHED}${hash}:${o.ifname}`
 }
 
-/** undefined when the text is not a record. */
+// What newHostVethName (lib/link.ts) makes. A record naming anything else (the bridge, the uplink) is not ours.
+const HOST_VETH = /^veth[0-9a-f]{8}$/
+
+/** An IP as kube-cni names its files: nothing else may become a path in the store. */
+function isAddressName(ip: unknown): ip is string {
+  const addr = typeof ip === 'string' ? parseAddress(ip) : undefined
+  return addr !== undefined && formatAddress(addr.family, addr.value) === ip
+}
+
+/** undefined when the text is not a record kube-cni could have written. */
 function parseRecord(text: string): AttachmentRecord | undefined {
   let r
   try {
@@ -251,27 +349,90 @@ function parseRecord(text: string): AttachmentRecord | undefined {
   } catch {
     return undefined
   }
-  if (typeof r !== 'object' || r === null || !Array.isArray(r.ips)) return undefined
-  return { containerId: r.containerId, ifname: r.ifname, ips: r.ips, hostVeth: r.hostVeth, pids: r.pids }
+  if (typeof r !== 'object' || r === null || !Array.isArray(r.ips) || !r.ips.every(isAddressName)) return undefined
+  if (r.hostVeth !== undefined && !(typeof r.hostVeth === 'string' && HOST_VETH.test(r.hostVeth))) return undefined
+  const str = (v: unknown) => (typeof v === 'string' ? v : undefined)
+  // A pid list of the wrong shape is dropped, not the record: the IPs and the host veth still count.
+  const pids = Array.isArray(r.pids) ? r.pids.filter(isPidEntry) : undefined
+  const adding = isProc(r.adding) ? { pid: r.adding.pid, start: r.adding.start } : undefined
+  return { containerId: str(r.containerId), ifname: str(r.ifname), ips: r.ips, hostVeth: r.hostVeth, pids, adding }
 }
 
-function readQuiet(path: string): string | undefined {
+/** A pid, or a {pid, start} pair: the shapes an ADD records for its children. */
+function isPidEntry(p: unknown): boolean {
+  return (Number.isSafeInteger(p) && (p as number) > 1) || isProc(p)
+}
+
+/** Written in the last moments: an ADD may be between creating the file and writing it. */
+function isFresh(path: string): boolean {
   try {
-    return readFileSync(path, 'utf8')
+    return Date.now() - lstatSync(path).mtimeMs < FRESH_MS
   } catch {
-    return undefined
+    return false
   }
+}
+
+/**
+ * The text of a regular file, never through a symlink (and never blocking on a planted FIFO); undefined when
+ * there is no such file, null when it is something kube-cni never makes (logged).
+ */
+function readPlain(path: string): string | null | undefined {
+  let fd: number
+  try {
+    fd = openSync(path, constants.O_RDONLY | constants.O_NOFOLLOW | constants.O_NONBLOCK)
+  } catch (e) {
+    if (errno(e) === 'ENOENT') return undefined
+    if (errno(e) === 'ELOOP') return strange(path, 'a symlink')
+    throw ioError('read', path, e)
+  }
+  try {
+    if (!fstatSync(fd).isFile()) return strange(path, 'not a regular file')
+    return readFileSync(fd, 'utf8')
+  } catch (e) {
+    throw ioError('read', path, e)
+  } finally {
+    closeSync(fd)
+  }
+}
+
+function strange(path: string, what: string): null {
+  log.error(`IPAM: ${path} is ${what}, which kube-cni never makes: not reading it`)
+  return null
+}
+
+/**
+ * The store's directories: real directories (not symlinks), owned by root (or whoever runs us), and writable by
+ * no one else, who could otherwise plant records and symlinks. Missing ones are fine: nothing to read there.
+ */
+export function assertPrivateDir(path: string): void {
+  let st
+  try {
+    st = lstatSync(path)
+  } catch (e) {
+    if (errno(e) === 'ENOENT') return
+    throw ioError('inspect', path, e)
+  }
+  const why = st.isSymbolicLink()
+    ? 'a symlink'
+    : !st.isDirectory()
+      ? 'not a directory'
+      : st.uid !== 0 && st.uid !== process.getuid?.()
+        ? `owned by uid ${st.uid}, not root`
+        : st.mode & 0o022
+          ? `writable by ${st.mode & 0o020 ? 'its group' : 'others'} (mode ${(st.mode & 0o7777).toString(8)})`
+          : ''
+  if (why)
+    throw new CniError(
+      Code.IOFailure,
+      `IPAM store: ${path} is ${why}; kube-cni keeps its state only where no one else can plant files`,
+      `make it a directory owned by root and writable only by root (chown root: ${path}; chmod go-w ${path}), or set dataDir to such a directory`,
+    )
 }
 
 /** undefined: no such file; null: a file with no owner written yet. */
 function readOwner(path: string): Owner | null | undefined {
-  let text: string
-  try {
-    text = readFileSync(path, 'utf8')
-  } catch (e) {
-    if (errno(e) === 'ENOENT') return undefined
-    throw ioError(`read ${path}`, e)
-  }
+  const text = readPlain(path)
+  if (text == null) return undefined // a symlink is no reservation of ours, and is never followed to free it
   const [containerId, ifname = ''] = text.split(/\r?\n/)
   return containerId ? { containerId: containerId.trim(), ifname: ifname.trim() } : null
 }
@@ -290,8 +451,42 @@ function readLast(cursor: string, pool: Pool): bigint | undefined {
 /** Readers see the old content or the new one, never half of either. */
 export function writeAtomic(path: string, content: string, mode = 0o600): void {
   const tmp = `${path}.${process.pid}.tmp`
-  writeFileSync(tmp, content, { mode })
-  renameSync(tmp, path)
+  try {
+    const fd = createExclusive(tmp, mode)
+    try {
+      writeFileSync(fd, content)
+    } finally {
+      closeSync(fd)
+    }
+    renameSync(tmp, path)
+  } catch (e) {
+    discard(tmp)
+    throw e
+  }
+}
+
+/**
+ * A new file that is really new: O_EXCL|O_NOFOLLOW never writes through a planted symlink. A leftover of a dead
+ * process with our pid (or a planted file) is removed, never followed, and the create tried once more.
+ */
+function createExclusive(path: string, mode: number): number {
+  const flags = constants.O_WRONLY | constants.O_CREAT | constants.O_EXCL | constants.O_NOFOLLOW
+  try {
+    return openSync(path, flags, mode)
+  } catch (e) {
+    if (errno(e) !== 'EEXIST') throw e
+    unlinkSync(path)
+    return openSync(path, flags, mode)
+  }
+}
+
+/** Removes what a failed step of ours created, if it did; the step's own error is the one to report. */
+function discard(path: string): void {
+  try {
+    unlinkSync(path)
+  } catch {
+    // never created, or already gone
+  }
 }
 
 function unlinkQuiet(path: string): boolean {
@@ -300,7 +495,7 @@ function unlinkQuiet(path: string): boolean {
     return true
   } catch (e) {
     if (errno(e) === 'ENOENT') return false
-    throw ioError(`remove ${path}`, e)
+    throw ioError('remove', path, e)
   }
 }
 
@@ -309,10 +504,29 @@ function listDir(dir: string): string[] {
     return readdirSync(dir)
   } catch (e) {
     if (errno(e) === 'ENOENT') return []
-    throw ioError(`list ${dir}`, e)
+    throw ioError('list', dir, e)
   }
 }
 
-function ioError(what: string, e: unknown): CniError {
-  return new CniError(Code.IOFailure, `IPAM store: cannot ${what}: ${(e as Error).message}`, 'check dataDir in the network config: it must be a writable directory')
+/** Creates a store directory (and the parents), root's alone. */
+export function makeDir(path: string): void {
+  try {
+    mkdirSync(path, { recursive: true, mode: 0o700 })
+  } catch (e) {
+    throw ioError('create the directory', path, e)
+  }
+}
+
+/** Error 5 for a disk or permission problem, saying which file and what would fix it. */
+export function ioError(action: string, path: string, e: unknown): CniError {
+  const code = errno(e)
+  const [why, todo] =
+    code === 'ENOSPC' || code === 'EDQUOT'
+      ? ['the filesystem is full', `free space on the filesystem that holds ${path} (the default dataDir /run/kube-cni/ipam is on the /run tmpfs)`]
+      : code === 'EROFS'
+        ? ['the filesystem is read-only', `set dataDir in the network config to a writable directory, or remount the filesystem that holds ${path} read-write`]
+        : code === 'EACCES' || code === 'EPERM'
+          ? ['permission denied', `kube-cni must run as root (the container runtime runs it so), and ${path} must be writable by it`]
+          : [(e as Error).message, 'check dataDir in the network config: it must be a writable directory']
+  return new CniError(Code.IOFailure, `IPAM store: cannot ${action} ${path}: ${why}`, todo)
 }

@@ -1,16 +1,25 @@
 // Where kube-cni learns the nodes: a Kubernetes NodeList, exactly as `kubectl get nodes -o json` prints
-// it, read from a file, from stdin, by running kubectl, or, inside a pod, from the API server with the
-// pod's service account or a kubeconfig (a small client on node's https: GET only, nodes only).
+// it, read from a file, from stdin, by running kubectl, or from the API server: in a pod with its service
+// account, else with a kubeconfig (--kubeconfig, or $KUBECONFIG: on a node, the kubelet's own). A small client
+// on node's https: GET and watch, nodes only.
 import type { IncomingMessage } from 'node:http'
 import { readFileSync } from 'node:fs'
 import { request } from 'node:https'
 import { dirname, join, resolve } from 'node:path'
 import { run } from './exec.ts'
 
+/** A Node as the API sends it. A NodeList is untrusted, so routes reads items through the accessors below,
+ * which take any shape (null, a string, a Node missing fields) and return only well-formed values. */
 export interface KubeNode {
   metadata: { name: string }
   spec?: { podCIDR?: string; podCIDRs?: string[] }
   status?: { addresses?: { type: string; address: string }[] }
+}
+
+interface AnyShape {
+  metadata?: { name?: unknown }
+  spec?: { podCIDR?: unknown; podCIDRs?: unknown }
+  status?: { addresses?: unknown }
 }
 
 export interface NodeList {
@@ -61,11 +70,23 @@ export interface ApiServer {
   insecure?: boolean
 }
 
-/** A kubeconfig when given, else the service account when in a pod; none when kubectl was asked for. */
+/**
+ * --kubeconfig when given; else, unless kubectl was asked for, the service account in a pod, or $KUBECONFIG
+ * (one file) on a node. A $KUBECONFIG that needs what only kubectl does (an exec or auth-provider login) is
+ * left to kubectl, which reads it too.
+ */
 export function apiServerFor(opts: { kubectl?: string; kubeconfig?: string }): ApiServer | undefined {
   if (opts.kubeconfig) return loadKubeconfig(opts.kubeconfig)
-  if (!opts.kubectl && process.env.KUBERNETES_SERVICE_HOST) return inClusterServer()
-  return undefined
+  if (opts.kubectl) return undefined
+  if (process.env.KUBERNETES_SERVICE_HOST) return inClusterServer()
+  const file = process.env.KUBECONFIG
+  if (!file || file.includes(':')) return undefined
+  try {
+    return loadKubeconfig(file)
+  } catch (e) {
+    if (e instanceof NeedsKubectl) return undefined
+    throw e
+  }
 }
 
 /** The service account's files; KUBE_CNI_SA_DIR moves them, for the test's stand-in API server only. */
@@ -192,7 +213,7 @@ export function kubeconfigServer(doc: any, path: string): ApiServer {
   }
   if (url.protocol !== 'https:') throw bad(`the cluster's "server" ${url.href} is not https: kube-cni talks to the API server over TLS only`)
   if (user.exec || user['auth-provider'])
-    throw bad('the user authenticates with an exec or auth-provider plugin, which kube-cni does not run: use a token or a client certificate')
+    throw new NeedsKubectl(`kubeconfig ${path}: the user authenticates with an exec or auth-provider plugin, which kube-cni does not run: use a token or a client certificate`)
   const base = dirname(resolve(path))
   /** A PEM from its `-data` field or its file; a file is read again on each call. */
   const pem = (field: string, from: any): (() => Buffer) | undefined => {
@@ -259,6 +280,9 @@ export async function apiGet(s: ApiServer, path: string, timeoutMs = 30_000): Pr
   return body
 }
 
+/** A kubeconfig kube-cni cannot use itself, but kubectl can. */
+class NeedsKubectl extends Error {}
+
 export class ApiError extends Error {
   constructor(
     readonly status: number,
@@ -274,12 +298,22 @@ export async function readNodeListKubectl(kubectl: string): Promise<NodeList> {
   return parseNodeList(r.stdout, `${kubectl} get nodes`)
 }
 
-/** A node's pod ranges: spec.podCIDRs (dual-stack), falling back to the older single spec.podCIDR. */
-export function podCIDRs(node: KubeNode): string[] {
-  const list = node.spec?.podCIDRs?.length ? node.spec.podCIDRs : node.spec?.podCIDR ? [node.spec.podCIDR] : []
-  return [...new Set(list)]
+/** metadata.name when it is a name Kubernetes allows (a DNS subdomain), so it is safe in a log line. */
+export function nodeName(node: unknown): string | undefined {
+  const name = (node as AnyShape | null)?.metadata?.name
+  return typeof name === 'string' && name.length <= 253 && /^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$/.test(name) ? name : undefined
 }
 
-export function internalIPs(node: KubeNode): string[] {
-  return (node.status?.addresses ?? []).filter((a) => a.type === 'InternalIP').map((a) => a.address)
+/** A node's pod ranges: spec.podCIDRs (dual-stack), falling back to the older single spec.podCIDR. */
+export function podCIDRs(node: unknown): string[] {
+  const spec = (node as AnyShape | null)?.spec
+  const list: unknown[] = Array.isArray(spec?.podCIDRs) && spec.podCIDRs.length ? spec.podCIDRs : [spec?.podCIDR]
+  return [...new Set(list.filter((c): c is string => typeof c === 'string'))]
+}
+
+export function internalIPs(node: unknown): string[] {
+  const addresses = (node as AnyShape | null)?.status?.addresses
+  return (Array.isArray(addresses) ? addresses : [])
+    .filter((a) => a?.type === 'InternalIP' && typeof a.address === 'string')
+    .map((a) => a.address)
 }

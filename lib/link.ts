@@ -3,7 +3,7 @@
 // two child processes. Every line is also a line a learner can type; explain mode prints them.
 import { closeSync, existsSync, openSync, readSync, readlinkSync, statSync } from 'node:fs'
 import { CniError, Code } from './cni.ts'
-import { type Step, explainSteps, run } from './exec.ts'
+import { type Proc, type Step, explainSteps, run } from './exec.ts'
 import { log } from './log.ts'
 import { formatAddress, macFromAddress } from './ip.ts'
 import type { NetConf, Pool } from './netconf.ts'
@@ -71,7 +71,7 @@ export interface BatchResult {
 }
 
 /** Runs `ip -j -batch -` in the host netns, or inside `netns` (any path) through nsenter. */
-export async function ipBatch(steps: Step[], netns?: string, onSpawn?: (pid: number) => void): Promise<BatchResult> {
+export async function ipBatch(steps: Step[], netns?: string, onSpawn?: (proc: Proc) => void): Promise<BatchResult> {
   const prefix = netns ? ['nsenter', `--net=${netns}`, 'ip'] : ['ip']
   explainSteps(steps.map((s) => ({ ...s, line: `${prefix.join(' ')} ${s.line}` })))
   const started = Date.now()
@@ -93,14 +93,27 @@ function kernelError(what: string, r: { error: string }, hint = ''): CniError {
 
 /**
  * Creates the bridge with a fixed MAC derived from the gateway: a bridge without one takes the lowest MAC of
- * its ports, which changes as pods come and go and leaves stale ARP entries in every pod.
+ * its ports, which changes as pods come and go and leaves stale ARP entries in every pod. A bridge that is
+ * already there (another ADD's, or made by hand) is used; another kind of link by that name is an error that
+ * says so, as the reference plugin's does, instead of a failing `master` later.
  */
 export async function createBridge(conf: NetConf): Promise<void> {
   const mac = macFromAddress(conf.pools[0].gateway)
-  const r = await ipBatch([
-    { line: `link add name ${conf.bridge} address ${mac} type bridge`, why: 'bash: brctl addbr cni0 (done by hand)' },
-  ])
-  if (r.code !== 0 && !/File exists/.test(r.error)) throw kernelError(`cannot create bridge ${conf.bridge}`, r)
+  if (!linkExists(conf.bridge)) {
+    const r = await ipBatch([
+      { line: `link add name ${conf.bridge} address ${mac} type bridge`, why: 'bash: brctl addbr cni0 (done by hand)' },
+    ])
+    if (r.code === 0) return
+    if (!/File exists/.test(r.error)) throw kernelError(`cannot create bridge ${conf.bridge}`, r)
+  }
+  const shown = await run(['ip', '-d', '-j', 'link', 'show', 'dev', conf.bridge])
+  const kind = shown.code === 0 ? JSON.parse(shown.stdout)[0]?.linkinfo?.info_kind : undefined
+  if (kind !== 'bridge')
+    throw new CniError(
+      Code.Kernel,
+      `${conf.bridge} already exists but is not a bridge${kind ? ` (it is a ${kind})` : ''}`,
+      `delete it (ip link del dev ${conf.bridge}) or set "bridge" in the network config to another name`,
+    )
 }
 
 function cidrOf(pool: Pool, value: bigint): string {
@@ -164,7 +177,7 @@ export function podSteps(p: PodPlan): Step[] {
   ]
 }
 
-export async function setupPod(p: PodPlan, onSpawn: (pid: number) => void): Promise<PodLinks> {
+export async function setupPod(p: PodPlan, onSpawn: (proc: Proc) => void): Promise<PodLinks> {
   const host = await ipBatch(hostSteps(p), undefined, onSpawn)
   if (host.code !== 0) {
     if (host.failedLine === 1 && /File exists/.test(host.error) && !linkExists(p.hostVeth))
@@ -179,16 +192,24 @@ export async function setupPod(p: PodPlan, onSpawn: (pid: number) => void): Prom
   return { bridgeMac: host.json[0][0].address, hostVethMac: host.json[1][0].address, podMac: pod.json[0][0].address }
 }
 
-/** Deleting either end of a veth deletes both. Missing links and netns are not errors: DEL must be idempotent. */
+/**
+ * Deleting either end of a veth deletes both, so when the record names the host end, the host alone decides:
+ * if that end is gone, so is the pair, and the netns (a stale mount point by now, perhaps) is not entered.
+ * Only without it is the pod end looked for by name. Missing links and netns are not errors: DEL must be
+ * idempotent.
+ */
 export async function teardownPod(netns: string, ifname: string, hostVeth?: string): Promise<void> {
-  if (hostVeth && linkExists(hostVeth)) {
+  if (hostVeth) {
+    if (!linkExists(hostVeth)) return
     const r = await ipBatch([{ line: `link del dev ${hostVeth}`, why: 'new: the bash DEL never removed the veth' }])
     if (r.code !== 0 && linkExists(hostVeth)) throw kernelError(`cannot delete ${hostVeth}`, r)
     return
   }
-  if (!netns || !existsSync(netns)) return
+  if (!netns || netnsProblem(netns)) return
   const r = await ipBatch([{ line: `link del dev ${ifname}`, why: 'new: the bash DEL never removed the veth' }], netns)
-  if (r.code !== 0 && !/Cannot find device|does not exist/.test(r.error)) throw kernelError(`cannot delete ${ifname} in ${netns}`, r)
+  // `reassociate ... failed`: a bind mount of another kind of namespace, which holds no interface at all.
+  if (r.code !== 0 && !/Cannot find device|does not exist|reassociate to namespace/.test(r.error))
+    throw kernelError(`cannot delete ${ifname} in ${netns}`, r)
 }
 
 // ---- reading back, for CHECK ---------------------------------------------------------------------------------

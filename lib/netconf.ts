@@ -1,6 +1,6 @@
 // The network configuration a runtime passes on stdin: parsed, defaulted and validated before anything
 // touches the kernel, so that every mistake is reported as error 6 or 7 naming the field and its value.
-import { CniError, Code, assertSupportedVersion, isValidIfname } from './cni.ts'
+import { CniError, Code, assertSupportedVersion, isValidBridgeName } from './cni.ts'
 import { type Cidr, type Family, contains, formatCidr, normalizeCidr, parseAddress, parseCidr, specialRangeOverlapped } from './ip.ts'
 
 /** One address family's pod subnet: where pods get their addresses, and the cluster range around it. */
@@ -87,7 +87,7 @@ export function parseNetConf(stdin: string): NetConf {
   if (typeof name !== 'string' || !NETWORK_NAME.test(name))
     throw invalid('name', name, 'it must be 1-63 characters of A-Z a-z 0-9 _ . - and start with a letter or digit')
   const bridge = optional(raw, 'bridge', 'string', DEFAULTS.bridge)
-  if (!isValidIfname(bridge)) throw invalid('bridge', bridge, 'it must be a valid interface name (1-15 characters)')
+  if (!isValidBridgeName(bridge)) throw invalid('bridge', bridge, 'it must be 1-15 characters of A-Z a-z 0-9 _ . -')
   const mtu = raw.mtu
   if (mtu !== undefined && (!Number.isInteger(mtu) || (mtu as number) < 68 || (mtu as number) > 65535))
     throw invalid('mtu', mtu, 'it must be an integer from 68 to 65535')

@@ -1,5 +1,6 @@
-// The node state every pod relies on: IP forwarding, the FORWARD accept rules, the masquerade for traffic that
-// leaves the cluster, and the bridge. The bash tutorial set all of it up by hand, once.
+// The node state every pod relies on: IP forwarding, bridge-nf-call-iptables for Services, the FORWARD accept
+// rules, the masquerade for traffic that leaves the cluster, and the bridge. The bash tutorial set it all up by
+// hand, once.
 //
 // Once is not enough: a firewall reload (`iptables -t nat -F`, firewalld) or a sysctl reset breaks every later
 // pod, and a changed `subnet` or `ipMasq` must take effect. So every ADD verifies, cheaply, and repairs what is
@@ -9,34 +10,40 @@
 // - the bridge and the sysctls are reads under /proc/sys/net, which reflects the netns of the reader;
 // - the rules are one `iptables-restore --noflush` per family whose every line is a `-C` check: it changes
 //   nothing and fails when a rule or chain is gone.
-// The repair runs under an flock held by a child `flock` process; the kernel drops it when that child's stdin
-// pipe closes, which happens when we exit, even by SIGKILL, so the lock cannot outlive its holder, and `-w`
-// bounds the wait so it cannot deadlock.
-import { mkdirSync, readFileSync, writeFileSync } from 'node:fs'
-import { join } from 'node:path'
+// The repair runs under an flock on a file we hold open (see withLock); the kernel drops it when we exit, even
+// by SIGKILL, so the lock cannot outlive its holder, and `-w` bounds the wait so it cannot deadlock.
+import { accessSync, closeSync, constants, existsSync, openSync, readFileSync, statfsSync, writeFileSync } from 'node:fs'
+import { dirname, join } from 'node:path'
 import { spawn } from 'node:child_process'
 import { CniError, Code } from './cni.ts'
 import { explainSteps, run, spawnError } from './exec.ts'
 import { formatCidr } from './ip.ts'
+import { assertPrivateDir, ioError, makeDir, writeAtomic } from './ipam.ts'
 import { createBridge, linkExists } from './link.ts'
+import { log } from './log.ts'
 import type { NetConf, Pool } from './netconf.ts'
 
-export const FORWARD_CHAIN = 'KUBE-CNI-FORWARD'
-export const MASQ_CHAIN = 'KUBE-CNI-MASQ'
 const LOCK_WAIT_SECONDS = 30
 
 export async function ensureNode(conf: NetConf): Promise<void> {
   const marker = join(conf.dataDir, conf.name, 'node-ready')
   const wanted = setupFor(conf)
-  const inPlace = async () => readText(marker) === wanted && linkExists(conf.bridge) && forwardingOn(conf) && (await rulesInPlace(conf))
+  const inPlace = async () => readText(marker) === wanted && linkExists(conf.bridge) && knobsOn(conf) && (await rulesInPlace(conf))
+  if (!existsSync(BRIDGE_NF)) log.info(`warning: ${noBridgeNetfilter.msg}; ${noBridgeNetfilter.fix}`)
   if (await inPlace()) return
   await withLock(join(conf.dataDir, 'node.lock'), async () => {
     if (await inPlace()) return // another ADD repaired it while we waited
-    enableForwarding(conf.pools)
-    for (const pool of conf.pools) await ensureRules(pool, conf.ipMasq)
-    if (!linkExists(conf.bridge)) await createBridge(conf)
-    mkdirSync(join(marker, '..'), { recursive: true, mode: 0o700 })
-    writeFileSync(marker, wanted)
+    const previous = readText(marker)
+    log.info(`node setup for network ${conf.name}: ${previous === undefined ? 'first ADD' : previous === wanted ? 'repairing what changed outside kube-cni' : 'applying a changed config'}`)
+    enableKnobs(conf)
+    for (const pool of conf.pools) await ensureRules(conf, pool, previous)
+    await createBridge(conf)
+    makeDir(join(marker, '..'))
+    try {
+      writeAtomic(marker, wanted)
+    } catch (e) {
+      throw ioError('write', marker, e)
+    }
   })
 }
 
@@ -54,20 +61,105 @@ function readText(path: string): string | undefined {
   }
 }
 
-/** Per netns, like every /proc/sys/net knob. */
-const forwardingKnob = (pool: Pool) => (pool.family === 4 ? '/proc/sys/net/ipv4/ip_forward' : '/proc/sys/net/ipv6/conf/all/forwarding')
+const BRIDGE_NF = '/proc/sys/net/bridge' // present while br_netfilter is loaded
 
-function forwardingOn(conf: NetConf): boolean {
-  return conf.pools.every((pool) => readText(forwardingKnob(pool))?.trim() === '1')
+/**
+ * The sysctls ADD needs at 1, all per netns: forwarding, and bridge-nf-call-ip(6)tables, without which the reply
+ * of a pod behind a Service to a client pod on the same bridge is bridged past iptables, never un-NATed, and the
+ * connection dies (DNS through the kube-dns ClusterIP breaks this way).
+ */
+function knobs(conf: NetConf): string[] {
+  const forwarding = conf.pools.map((p) => (p.family === 4 ? '/proc/sys/net/ipv4/ip_forward' : '/proc/sys/net/ipv6/conf/all/forwarding'))
+  const v6 = conf.pools.some((p) => p.family === 6)
+  const bridged = existsSync(BRIDGE_NF) ? [`${BRIDGE_NF}/bridge-nf-call-iptables`, ...(v6 ? [`${BRIDGE_NF}/bridge-nf-call-ip6tables`] : [])] : []
+  return [...forwarding, ...bridged]
 }
 
-function enableForwarding(pools: Pool[]): void {
+function knobsOn(conf: NetConf): boolean {
+  return knobs(conf).every((knob) => readText(knob)?.trim() === '1')
+}
+
+function enableKnobs(conf: NetConf): void {
   // Enabling IPv6 forwarding makes the kernel ignore router advertisements on interfaces with accept_ra=1: a
   // node whose uplink is configured by RA needs accept_ra=2.
-  for (const knob of pools.map(forwardingKnob)) {
+  for (const knob of knobs(conf)) {
     explainSteps([{ line: `sysctl -w ${knob.slice(10).replaceAll('/', '.')}=1`, why: 'bash: done by hand on each node' }])
     writeFileSync(knob, '1')
   }
+}
+
+export interface Problem {
+  msg: string
+  fix: string
+}
+
+const noBridgeNetfilter: Problem = {
+  msg: 'br_netfilter is not loaded (no /proc/sys/net/bridge): Services do not work for pods on the bridge',
+  fix: 'load it with `modprobe br_netfilter`, and keep it across reboots with `echo br_netfilter > /etc/modules-load.d/kube-cni.conf`',
+}
+
+// The Debian package of each tool an ADD runs, iptables aside (its need depends on the config).
+const PACKAGES: Record<string, string> = { ip: 'iproute2', nsenter: 'util-linux', flock: 'util-linux' }
+
+/** What the node offers, as STATUS observes it. */
+export interface NodeFacts {
+  path: string // where the tools are looked for
+  found: (tool: string) => boolean // on that path, executable
+  bridgeNetfilter: boolean
+  dataDir?: string // why the IPAM store cannot be written, if it cannot
+}
+
+/**
+ * Why an ADD on this node would fail or give pods broken Services, for STATUS. Pure, so each case is testable
+ * without breaking a node.
+ */
+export function nodeProblems(conf: NetConf, facts: NodeFacts): Problem[] {
+  const problems: Problem[] = []
+  if (facts.dataDir)
+    problems.push({ msg: `the IPAM store cannot be written: ${facts.dataDir}`, fix: 'make it writable for root, or set "dataDir" to a directory on a writable tmpfs (the default is /run/kube-cni/ipam)' })
+  const tools = [...Object.keys(PACKAGES), ...conf.pools.flatMap((p) => [iptablesOf(p), `${iptablesOf(p)}-restore`])]
+  for (const tool of tools.filter((t) => !facts.found(t)))
+    problems.push({
+      msg: `kube-cni needs ${tool}, and it is not in PATH=${facts.path}`,
+      fix: PACKAGES[tool] ? `install the ${PACKAGES[tool]} package on the node` : iptablesHint(conf, tool),
+    })
+  if (!facts.bridgeNetfilter) problems.push(noBridgeNetfilter)
+  return problems
+}
+
+/** The facts nodeProblems needs, cheap enough for a runtime that calls STATUS every 5 s: stats, no exec. */
+export function observeNode(conf: NetConf): NodeFacts {
+  const path = process.env.PATH ?? ''
+  const dirs = path.split(':').filter((d) => d.startsWith('/'))
+  return {
+    path,
+    found: (tool) =>
+      dirs.some((d) => {
+        try {
+          accessSync(join(d, tool), constants.X_OK)
+          return true
+        } catch {
+          return false
+        }
+      }),
+    bridgeNetfilter: existsSync(BRIDGE_NF),
+    dataDir: storeProblem(join(conf.dataDir, conf.name)),
+  }
+}
+
+/** The store's directory, or the nearest existing one above it (ADD creates the rest): writable, not full. */
+function storeProblem(store: string): string | undefined {
+  let dir = store
+  while (!existsSync(dir) && dirname(dir) !== dir) dir = dirname(dir)
+  try {
+    accessSync(dir, constants.W_OK)
+  } catch (e) {
+    const code = (e as NodeJS.ErrnoException).code
+    return `${dir} is ${code === 'EROFS' ? 'on a read-only filesystem' : `not writable (${code})`}`
+  }
+  const fs = statfsSync(dir)
+  if (fs.bfree === 0 || (fs.files > 0 && fs.ffree === 0)) return `the filesystem of ${dir} is full`
+  return undefined
 }
 
 interface Chain {
@@ -77,19 +169,39 @@ interface Chain {
   jump: string // the rule in a built-in chain that sends traffic to this one
 }
 
-/** The chains of one family. */
-export function chainsFor(pool: Pool, ipMasq: boolean): Chain[] {
+/**
+ * Each network has its own chains, so that one network's setup never rewrites another's: a second network
+ * would otherwise masquerade the first one's pod-to-pod traffic. They are named by an FNV-1a hash of the
+ * network's name, because iptables allows 28 characters and a name may have 63.
+ */
+export function chainNames(network: string): { forward: string; masq: string } {
+  let hash = 0x811c9dc5
+  for (const byte of Buffer.from(network)) hash = Math.imul(hash ^ byte, 0x01000193) >>> 0
+  const id = hash.toString(16).padStart(8, '0')
+  return { forward: `KUBE-CNI-FORWARD-${id}`, masq: `KUBE-CNI-MASQ-${id}` }
+}
+
+/** The chains of one network, for one family. */
+export function chainsFor(name: string, pool: Pool, ipMasq: boolean): Chain[] {
+  const chain = chainNames(name)
   const network = formatCidr(pool.network)
   const multicast = pool.family === 4 ? '224.0.0.0/4' : 'ff00::/8'
-  const forward: Chain = { table: 'filter', name: FORWARD_CHAIN, rules: [`-s ${network} -j ACCEPT`, `-d ${network} -j ACCEPT`], jump: `FORWARD -j ${FORWARD_CHAIN}` }
+  const forward: Chain = {
+    table: 'filter',
+    name: chain.forward,
+    rules: [`-s ${network} -j ACCEPT`, `-d ${network} -j ACCEPT`],
+    jump: `FORWARD -j ${chain.forward}`,
+  }
   const masq: Chain = {
     table: 'nat',
-    name: MASQ_CHAIN,
+    name: chain.masq,
     rules: [`-d ${network} -j RETURN`, `-d ${multicast} -j RETURN`, '-j MASQUERADE'],
-    jump: `POSTROUTING -s ${formatCidr(pool.subnet)} -j ${MASQ_CHAIN}`,
+    jump: masqJump(name, pool),
   }
   return ipMasq ? [forward, masq] : [forward]
 }
+
+const masqJump = (name: string, pool: Pool) => `POSTROUTING -s ${formatCidr(pool.subnet)} -j ${chainNames(name).masq}`
 
 /**
  * iptables-restore input: `rewrite` declares each chain (which flushes it) and fills it, so a rerun leaves
@@ -108,49 +220,90 @@ const iptablesOf = (pool: Pool) => (pool.family === 4 ? 'iptables' : 'ip6tables'
 
 async function rulesInPlace(conf: NetConf): Promise<boolean> {
   for (const pool of conf.pools) {
-    const r = await run([`${iptablesOf(pool)}-restore`, '-w', '--noflush'], restoreInput(chainsFor(pool, conf.ipMasq), 'check')).catch(() => undefined)
+    const r = await run([`${iptablesOf(pool)}-restore`, '-w', '--noflush'], restoreInput(chainsFor(conf.name, pool, conf.ipMasq), 'check')).catch(() => undefined)
     if (r?.code !== 0) return false
   }
   return true
 }
 
-async function ensureRules(pool: Pool, ipMasq: boolean): Promise<void> {
+/** `previous` is the marker of the last setup: with "ipMasq": false, the nat table is touched only to undo its masquerade. */
+async function ensureRules(conf: NetConf, pool: Pool, previous: string | undefined): Promise<void> {
   const tool = iptablesOf(pool)
-  const chains = chainsFor(pool, ipMasq)
+  const chains = chainsFor(conf.name, pool, conf.ipMasq)
   const restore = restoreInput(chains, 'rewrite')
   explainSteps([{ line: `${tool}-restore -w --noflush <<'EOF'\n${restore}EOF`, why: "bash: iptables -A FORWARD ...; the bash masquerade '! -o cni0' NATed pod-to-pod traffic too" }])
-  await iptables([`${tool}-restore`, '-w', '--noflush'], restore)
+  await iptables(conf, [`${tool}-restore`, '-w', '--noflush'], restore)
+  if (conf.ipMasq || hadMasquerade(previous)) await dropOldMasquerade(conf, pool)
   for (const { table, jump } of chains) {
     const rule = jump.split(' ')
     const check = await run([tool, '-w', '-t', table, '-C', ...rule])
     if (check.code === 0) continue
     explainSteps([{ line: `${tool} -w -t ${table} -A ${jump}` }])
-    await iptables([tool, '-w', '-t', table, '-A', ...rule])
+    await iptables(conf, [tool, '-w', '-t', table, '-A', ...rule])
   }
 }
 
-async function iptables(argv: string[], input = ''): Promise<void> {
-  const hint = `install the iptables package on the node, or set "ipMasq": false`
+function hadMasquerade(marker: string | undefined): boolean {
+  try {
+    return JSON.parse(marker ?? '').ipMasq === true
+  } catch {
+    return false
+  }
+}
+
+/** Removes this network's POSTROUTING jumps that the config no longer asks for (an old subnet, or "ipMasq": false). */
+async function dropOldMasquerade(conf: NetConf, pool: Pool): Promise<void> {
+  const tool = iptablesOf(pool)
+  const { masq } = chainNames(conf.name)
+  const wanted = conf.ipMasq ? `-A ${masqJump(conf.name, pool)}` : undefined
+  const listed = await run([tool, '-w', '-t', 'nat', '-S', 'POSTROUTING'])
+  for (const line of listed.stdout.split('\n').filter((l) => l.endsWith(` -j ${masq}`) && l !== wanted)) {
+    explainSteps([{ line: `${tool} -w -t nat ${line.replace('-A', '-D')}`, why: 'new: the config changed' }])
+    await iptables(conf, [tool, '-w', '-t', 'nat', '-D', ...line.split(' ').slice(1)])
+  }
+  if (conf.ipMasq) return
+  // The chain goes too, once nothing jumps to it; it may already be gone, after a firewall reload.
+  await run([tool, '-w', '-t', 'nat', '-F', masq])
+  await run([tool, '-w', '-t', 'nat', '-X', masq])
+}
+
+// Not "or set ipMasq to false": the FORWARD accepts need iptables either way.
+const iptablesHint = (conf: NetConf, tool: string) =>
+  `install the iptables package on the node: kube-cni needs ${tool} for ${conf.ipMasq ? 'its FORWARD accept and masquerade rules' : 'its FORWARD accept rules'}`
+
+async function iptables(conf: NetConf, argv: string[], input = ''): Promise<void> {
+  const hint = iptablesHint(conf, argv[0])
   const r = await run(argv, input).catch((e) => {
     throw new CniError(Code.Internal, `cannot run ${argv[0]}: ${(e as Error).message}`, hint)
   })
   if (r.code !== 0) throw new CniError(Code.Internal, `${argv.join(' ')} failed: ${r.stderr.trim()}`, hint)
 }
 
-/** Runs fn while holding an exclusive flock on `path`, taken by a `flock(1)` child that lives as long as we do. */
+/**
+ * Runs fn while holding an exclusive flock on `path`. We open the file ourselves, so a disk or permission
+ * problem is error 5 naming it (never a lock timeout); `flock(1)` takes the lock on our open file description
+ * passed as its fd 3 and exits. The lock belongs to that description, which our fd keeps open: it ends when we
+ * close it or exit, even by SIGKILL.
+ */
 export async function withLock<T>(path: string, fn: () => Promise<T>): Promise<T> {
-  mkdirSync(join(path, '..'), { recursive: true, mode: 0o700 })
-  const holder = spawn('flock', ['-x', '-w', String(LOCK_WAIT_SECONDS), path, 'cat'], { stdio: ['pipe', 'pipe', 'pipe'] })
-  await new Promise<void>((resolve, reject) => {
-    holder.on('error', (e) => reject(spawnError('flock', e)))
-    holder.on('exit', () => reject(new CniError(Code.TryAgainLater, `could not lock ${path} within ${LOCK_WAIT_SECONDS}s`, 'another kube-cni is setting up this node; retry')))
-    holder.stdout.once('data', () => resolve()) // cat echoes our byte only once flock holds the lock
-    holder.stdin.write('\n')
-  })
+  makeDir(join(path, '..'))
+  assertPrivateDir(join(path, '..'))
+  let fd: number
   try {
+    // O_RDONLY is enough for flock, and opens an existing lock file on a read-only filesystem too.
+    fd = openSync(path, constants.O_RDONLY | constants.O_CREAT | constants.O_NOFOLLOW, 0o600)
+  } catch (e) {
+    throw ioError('open the lock file', path, e)
+  }
+  try {
+    const code = await new Promise<number | null>((resolve, reject) => {
+      const flock = spawn('flock', ['-x', '-w', String(LOCK_WAIT_SECONDS), '3'], { stdio: ['ignore', 'ignore', 'inherit', fd] })
+      flock.on('error', (e) => reject(spawnError('flock', e)))
+      flock.on('exit', resolve)
+    })
+    if (code !== 0) throw new CniError(Code.TryAgainLater, `could not lock ${path} within ${LOCK_WAIT_SECONDS}s`, 'another kube-cni is setting up this node; retry')
     return await fn()
   } finally {
-    holder.removeAllListeners('exit')
-    holder.stdin.end()
+    closeSync(fd)
   }
 }

@@ -18,8 +18,8 @@ import { join } from 'node:path'
 import { parseArgs } from 'node:util'
 import { CONFLIST_NAME } from './conflist.ts'
 import { type Step, explain, explainSteps, run } from './exec.ts'
-import { type Cidr, type Family, contains, containsAddress, formatAddress, formatCidr, macFromAddress, parseAddress, parseCidr } from './ip.ts'
-import { type NodeList, internalIPs, podCIDRs } from './kube.ts'
+import { type Cidr, type Family, contains, containsAddress, formatAddress, formatCidr, macFromAddress, parseAddress, parseCidr, specialRangeOverlapped } from './ip.ts'
+import { type NodeList, internalIPs, nodeName, podCIDRs } from './kube.ts'
 import { type NetConf, parseNetConf } from './netconf.ts'
 
 export const ROUTE_PROTO = 211
@@ -60,21 +60,16 @@ export interface Plan {
     mac: string
     mtu: number
     vteps: { family: Family; address: string }[] // this node's own VTEP addresses
-    neighbours: { address: string; mac: string }[]
-    fdb: { mac: string; dst: string }[]
+    neighbours: { address: string; mac: string; node?: string }[]
+    fdb: { mac: string; dst: string; node?: string }[]
   }
   skipped: Skip[]
 }
 
-/** Ranges a pod range can never be: a route there would hijack traffic the node itself depends on. */
-const RESERVED = [
-  ['127.0.0.0/8', 'loopback'],
-  ['::1/128', 'loopback'],
-  ['224.0.0.0/4', 'multicast'],
-  ['ff00::/8', 'multicast'],
-  ['169.254.0.0/16', 'link-local'],
-  ['fe80::/10', 'link-local'],
-].map(([range, what]) => ({ cidr: parseCidr(range)!, what }))
+/** A kernel change, and the peer it is for (none for the device itself): a failure is reported per peer. */
+export interface Change extends Step {
+  node?: string
+}
 
 const overlaps = (a: Cidr, b: Cidr) => a.family === b.family && a.network <= b.last && b.network <= a.last
 
@@ -82,8 +77,9 @@ const overlaps = (a: Cidr, b: Cidr) => a.family === b.family && a.network <= b.l
 function cidrProblem(c: Cidr, own: Cidr[], networks: Cidr[] | undefined, local: LocalAddress[]): string | undefined {
   const text = formatCidr(c)
   if (c.prefix === 0) return `podCIDR ${text} is a default route`
-  const reserved = RESERVED.find((r) => overlaps(r.cidr, c))
-  if (reserved) return `podCIDR ${text} overlaps the ${reserved.what} range ${formatCidr(reserved.cidr)}`
+  // A route there would hijack traffic the node itself depends on.
+  const special = specialRangeOverlapped(c)
+  if (special) return `podCIDR ${text} overlaps ${special}`
   if (networks && !networks.some((n) => contains(n, c)))
     return `podCIDR ${text} is outside the cluster network ${networks.map(formatCidr).join(', ')}`
   const mine = own.find((o) => overlaps(o, c))
@@ -99,7 +95,7 @@ function cidrProblem(c: Cidr, own: Cidr[], networks: Cidr[] | undefined, local: 
  * needs, is skipped with the reason.
  */
 export function planRoutes(nodes: NodeList, self: string, backend: Backend, local: LocalAddress[], networks?: Cidr[]): Plan {
-  const me = nodes.items.find((n) => n.metadata?.name === self)
+  const me = nodes.items.find((n) => nodeName(n) === self)
   if (!me) throw new Error(`node ${self} is not in the NodeList: pass the name Kubernetes knows it by with --node`)
   const plan: Plan = { routes: [], skipped: [] }
   const myIPs = internalIPs(me).flatMap((t) => parseAddress(t) ?? [])
@@ -121,18 +117,46 @@ export function planRoutes(nodes: NodeList, self: string, backend: Backend, loca
     }
   }
 
-  for (const peer of nodes.items) {
-    const name = peer.metadata?.name
-    if (!name || name === self) continue
+  // First what each peer claims on its own, then the claims against each other, in name order.
+  const peers: { name: string; all: Cidr[]; cidrs: Cidr[]; ips: { family: Family; value: bigint }[]; problems: string[] }[] = []
+  for (const [i, item] of nodes.items.entries()) {
+    const name = nodeName(item)
+    if (name === self) continue
+    if (!name) {
+      const what = item && typeof item === 'object' ? `its metadata.name ${quote((item as any).metadata?.name)} is not a Node name` : 'it is not a Node object'
+      plan.skipped.push({ node: `NodeList item ${i}`, reason: what })
+      continue
+    }
     const problems: string[] = []
-    const all = podCIDRs(peer).flatMap((t) => parseCidr(t) ?? [])
-    const cidrs = all.filter((c) => {
-      const problem = cidrProblem(c, myCidrs, networks, local)
-      if (problem) problems.push(problem)
-      return !problem
-    })
-    if (!all.length) problems.push('no podCIDR yet')
-    const ips = internalIPs(peer).flatMap((t) => parseAddress(t) ?? [])
+    const texts = podCIDRs(item)
+    for (const t of texts) if (!parseCidr(t)) problems.push(`podCIDR ${quote(t)} is not a CIDR`)
+    const all = texts.flatMap((t) => parseCidr(t) ?? [])
+    const ips = internalIPs(item).flatMap((t) => parseAddress(t) ?? [])
+    const mine = ips.find((a) => myIPs.some((m) => m.family === a.family && m.value === a.value) || local.some((l) => l.family === a.family && l.value === a.value))
+    let cidrs: Cidr[] = []
+    if (mine) problems.push(`its InternalIP ${formatAddress(mine.family, mine.value)} is this node's own`)
+    else
+      cidrs = all.filter((c) => {
+        const problem = cidrProblem(c, myCidrs, networks, local)
+        if (problem) problems.push(problem)
+        return !problem
+      })
+    if (!texts.length) problems.push('no podCIDR yet')
+    peers.push({ name, all, cidrs, ips, problems })
+  }
+
+  // Two Nodes claiming one range: the first by name keeps it, every run, instead of the route flipping.
+  const claimed: { cidr: Cidr; node: string }[] = []
+  for (const p of [...peers].sort((x, y) => (x.name < y.name ? -1 : x.name > y.name ? 1 : 0))) {
+    const clash = p.cidrs.flatMap((c) => claimed.filter((k) => overlaps(k.cidr, c)).map((k) => ({ c, k })))[0]
+    if (clash) {
+      p.problems.push(`podCIDR ${formatCidr(clash.c)} is also claimed by ${clash.k.node} (${formatCidr(clash.k.cidr)}), which keeps it: the first by name`)
+      p.cidrs = []
+    }
+    claimed.push(...p.cidrs.map((cidr) => ({ cidr, node: p.name })))
+  }
+
+  for (const { name, all, cidrs, ips, problems } of peers) {
     if (plan.vxlan && cidrs.length) {
       const underlayFamily = parseAddress(plan.vxlan.local)!.family
       const dst = ips.find((a) => a.family === underlayFamily)
@@ -140,10 +164,10 @@ export function planRoutes(nodes: NodeList, self: string, backend: Backend, loca
       else {
         // The peer derives its VTEP MAC from all its podCIDRs, so this side must too.
         const mac = vtepMac(all)
-        plan.vxlan.fdb.push({ mac, dst: formatAddress(dst.family, dst.value) })
+        plan.vxlan.fdb.push({ mac, dst: formatAddress(dst.family, dst.value), node: name })
         for (const c of cidrs) {
           const vtep = formatAddress(c.family, c.network)
-          plan.vxlan.neighbours.push({ address: vtep, mac })
+          plan.vxlan.neighbours.push({ address: vtep, mac, node: name })
           plan.routes.push({ node: name, family: c.family, dst: formatCidr(c), via: vtep, dev: VXLAN_DEV })
         }
       }
@@ -165,6 +189,9 @@ export function planRoutes(nodes: NodeList, self: string, backend: Backend, loca
   return plan
 }
 
+/** Text from the NodeList, quoted and cut short, so it cannot forge or flood a log line. */
+const quote = (v: unknown) => (JSON.stringify(v) ?? String(v)).slice(0, 80)
+
 /** The connected network of a local address: 192.0.2.10/24 -> 192.0.2.0/24. */
 function subnetOf(l: LocalAddress): Cidr {
   const bits = BigInt((l.family === 4 ? 32 : 128) - l.prefix)
@@ -174,15 +201,38 @@ function subnetOf(l: LocalAddress): Cidr {
 
 function vtepMac(cidrs: Cidr[]): string {
   const first = cidrs.find((c) => c.family === 4) ?? cidrs[0]
-  return macFromAddress(first.network)
+  // The last four bytes of an IPv6 podCIDR's network address are zero for every /64: its subnet number, the bits
+  // above the prefix, tells the nodes apart instead.
+  return macFromAddress(first.family === 4 ? first.network : first.network >> BigInt(128 - first.prefix))
 }
 
 // ---- the kernel's side ---------------------------------------------------------------------------------
 
+export interface CurrentRoute {
+  family: Family
+  dst: string
+  gateway?: string
+  dev?: string
+  proto: string // a number, as `ip -N` prints it
+  type?: string // set for blackhole, unreachable, ...
+}
+
 export interface Current {
   local: LocalAddress[]
-  routes: { family: Family; dst: string; gateway?: string; dev?: string }[]
-  vxlan?: { id?: number; local?: string; port?: number; mtu: number; mac: string; up: boolean; addresses: string[] }
+  routes: CurrentRoute[] // the main table, every protocol: kube-cni's are `proto` "211"
+  vxlan?: {
+    kind?: string // "vxlan", unless something else took the name
+    id?: number
+    local?: string
+    port?: number
+    learning?: boolean
+    ttl?: number // 0: inherit
+    link?: string // the underlay device it is bound to, if any
+    mtu: number
+    mac: string
+    up: boolean
+    addresses: string[]
+  }
   neighbours: { address: string; mac: string }[]
   fdb: { mac: string; dst: string }[]
 }
@@ -203,10 +253,11 @@ export async function readCurrent(): Promise<Current> {
         return addr ? [{ ifname: l.ifname, mtu: l.mtu, family: addr.family, value: addr.value, prefix: a.prefixlen }] : []
       }),
   )
-  const routes = []
+  const routes: CurrentRoute[] = []
+  // -N: protocols as numbers, so 211 is recognised even where rt_protos gives it a name.
   for (const family of [4, 6] as Family[])
-    for (const r of await ipJson([`-${family}`, 'route', 'show', 'proto', String(ROUTE_PROTO)]))
-      routes.push({ family, dst: normalizeDst(r.dst, family), gateway: r.gateway, dev: r.dev })
+    for (const r of await ipJson(['-N', `-${family}`, 'route', 'show']))
+      routes.push({ family, dst: normalizeDst(r.dst, family), gateway: r.gateway, dev: r.dev, proto: r.protocol ?? '3', type: r.type })
   const dev = links.find((l: any) => l.ifname === VXLAN_DEV)
   if (!dev) return { local, routes, neighbours: [], fdb: [] }
   const info = dev.linkinfo?.info_data ?? {}
@@ -214,9 +265,13 @@ export async function readCurrent(): Promise<Current> {
     local,
     routes,
     vxlan: {
+      kind: dev.linkinfo?.info_kind,
       id: info.id,
       local: info.local ?? info.local6,
       port: info.port,
+      learning: info.learning,
+      ttl: info.ttl,
+      link: info.link,
       mtu: dev.mtu,
       mac: dev.address,
       up: (dev.flags ?? []).includes('UP'),
@@ -235,84 +290,158 @@ function normalizeDst(dst: string, family: Family): string {
   return c ? formatCidr(c) : dst
 }
 
-/** The commands that turn `current` into `plan`; none when they already match. Pure. */
-export function diff(plan: Plan, current: Current): { ip: Step[]; bridge: Step[] } {
-  const ip: Step[] = []
-  const bridge: Step[] = []
+// The names `ip route` prints for the numbers `ip -N` gives, for the common ones.
+const PROTO_NAMES: Record<string, string> = { '2': 'kernel', '3': 'boot', '4': 'static', '16': 'dhcp' }
+const TYPE_NAMES: Record<string, string> = { '6': 'blackhole', '7': 'unreachable', '8': 'prohibit' }
+
+/** A route as `ip route` shows it, for the report that it is in the way. */
+function describe(r: CurrentRoute): string {
+  const type = r.type && r.type !== '1' ? (TYPE_NAMES[r.type] ?? `type ${r.type}`) : ''
+  const parts = [type, r.gateway ? `via ${r.gateway}` : '', r.dev ? `dev ${r.dev}` : '', `proto ${PROTO_NAMES[r.proto] ?? r.proto}`]
+  return parts.filter(Boolean).join(' ')
+}
+
+/** What makes an existing kube-cni.1 not the device kube-cni makes. */
+function vxlanDifferences(have: NonNullable<Current['vxlan']>, local: string): string[] {
+  const wrong: [boolean, string][] = [
+    [have.kind !== 'vxlan', `type ${have.kind}`],
+    [have.id !== VXLAN_VNI, `VNI ${have.id}`],
+    [have.local !== local, `local ${have.local}`],
+    [have.port !== VXLAN_PORT, `port ${have.port}`],
+    [have.learning !== false, 'learning'],
+    [(have.ttl ?? 0) !== 0, `ttl ${have.ttl}`],
+    [have.link !== undefined, `dev ${have.link}`],
+  ]
+  return wrong.filter(([bad]) => bad).map(([, what]) => what)
+}
+
+/**
+ * The commands that turn `current` into `plan`; none when they already match. Pure. A destination that
+ * already has a route kube-cni did not make is left alone, and reported: `ip route replace` matches on
+ * destination and metric, not on `proto`, so it would take over the admin's or the kernel's route.
+ */
+export function diff(plan: Plan, current: Current): { ip: Change[]; bridge: Change[]; skipped: Skip[] } {
+  const ip: Change[] = []
+  const bridge: Change[] = []
+  const skipped: Skip[] = []
   const why = 'bash: routes to other nodes were made by hand (ip route add <podCIDR> via <node IP>)'
-  let routes = current.routes
+  const foreign = current.routes.filter((r) => r.proto !== String(ROUTE_PROTO))
+  let routes = current.routes.filter((r) => r.proto === String(ROUTE_PROTO))
   const want = plan.vxlan
   const have = current.vxlan
   let fresh = false // the device is (re)created, so it has no neighbours, fdb entries or routes yet
-  if (have && (!want || have.id !== VXLAN_VNI || have.local !== want.local || have.port !== VXLAN_PORT)) {
-    ip.push({ line: `link del ${VXLAN_DEV}`, why: want ? 'the VXLAN device has the wrong VNI, local address or port' : 'switching to host-gw' })
+  const wrong = have && want ? vxlanDifferences(have, want.local) : []
+  if (have && (!want || wrong.length)) {
+    // The kernel changes none of these on a live VXLAN device: it is made again.
+    ip.push({ line: `link del dev ${VXLAN_DEV}`, why: want ? `the VXLAN device differs: ${wrong.join(', ')}` : 'switching to host-gw' })
     routes = routes.filter((r) => r.dev !== VXLAN_DEV)
     fresh = true
   }
   if (want) {
     if (!have || fresh) {
       ip.push({
-        line: `link add ${VXLAN_DEV} address ${want.mac} mtu ${want.mtu} type vxlan id ${VXLAN_VNI} local ${want.local} dstport ${VXLAN_PORT} nolearning`,
+        line: `link add name ${VXLAN_DEV} address ${want.mac} mtu ${want.mtu} type vxlan id ${VXLAN_VNI} local ${want.local} dstport ${VXLAN_PORT} nolearning`,
         why: 'new: the overlay device (flannel.1 in flannel)',
       })
     } else {
-      if (have.mtu !== want.mtu) ip.push({ line: `link set ${VXLAN_DEV} mtu ${want.mtu}` })
-      if (have.mac !== want.mac) ip.push({ line: `link set ${VXLAN_DEV} address ${want.mac}` })
+      if (have.mtu !== want.mtu) ip.push({ line: `link set dev ${VXLAN_DEV} mtu ${want.mtu}` })
+      if (have.mac !== want.mac) ip.push({ line: `link set dev ${VXLAN_DEV} address ${want.mac}` })
     }
-    if (!have?.up || fresh) ip.push({ line: `link set ${VXLAN_DEV} up` })
+    if (!have?.up || fresh) ip.push({ line: `link set dev ${VXLAN_DEV} up` })
     for (const v of want.vteps)
       if (fresh || !have?.addresses.includes(v.address))
         ip.push({ line: `addr replace ${v.address}/${v.family === 4 ? 32 : 128} dev ${VXLAN_DEV}${v.family === 6 ? ' nodad' : ''}` })
     const neighbours = fresh ? [] : current.neighbours
     for (const n of want.neighbours)
       if (!neighbours.some((c) => c.address === n.address && c.mac === n.mac))
-        ip.push({ line: `neigh replace ${n.address} lladdr ${n.mac} dev ${VXLAN_DEV} nud permanent` })
+        ip.push({ line: `neigh replace ${n.address} lladdr ${n.mac} dev ${VXLAN_DEV} nud permanent`, node: n.node })
     for (const c of neighbours)
       if (!want.neighbours.some((n) => n.address === c.address)) ip.push({ line: `neigh del ${c.address} dev ${VXLAN_DEV}` })
     const fdb = fresh ? [] : current.fdb
     for (const f of want.fdb)
       if (!fdb.some((c) => c.mac === f.mac && c.dst === f.dst))
-        bridge.push({ line: `fdb replace ${f.mac} dev ${VXLAN_DEV} dst ${f.dst} self permanent` })
+        bridge.push({ line: `fdb replace ${f.mac} dev ${VXLAN_DEV} dst ${f.dst} self permanent`, node: f.node })
     for (const c of fdb)
       if (!want.fdb.some((f) => f.mac === c.mac && f.dst === c.dst)) bridge.push({ line: `fdb del ${c.mac} dev ${VXLAN_DEV} dst ${c.dst} self` })
   }
-  for (const r of plan.routes) {
+  const wanted = plan.routes.filter((r) => {
+    const other = foreign.find((f) => f.family === r.family && f.dst === r.dst)
+    if (other) skipped.push({ node: r.node, reason: `a route to ${r.dst} that kube-cni did not make is there (${describe(other)}): left alone` })
+    return !other
+  })
+  for (const r of wanted) {
     const c = routes.find((x) => x.dst === r.dst)
     const spec = `${r.dst} via ${r.via}${r.dev ? ` dev ${r.dev} onlink` : ''} proto ${ROUTE_PROTO}`
     if (c && c.gateway === r.via && (!r.dev || c.dev === r.dev)) continue
     // IPv6 refuses to replace a route with one through another device ("Nexthop has invalid gateway"):
     // delete it first. IPv4 replaces in place.
-    if (c && r.family === 6 && c.dev !== r.dev) ip.push({ line: `route del ${r.dst} proto ${ROUTE_PROTO}` })
-    ip.push({ line: `route replace ${spec}`, why })
+    if (c && r.family === 6 && c.dev !== r.dev) ip.push({ line: `route del ${r.dst} proto ${ROUTE_PROTO}`, node: r.node })
+    ip.push({ line: `route replace ${spec}`, why, node: r.node })
   }
   for (const c of routes)
-    if (!plan.routes.some((r) => r.dst === c.dst)) ip.push({ line: `route del ${c.dst} proto ${ROUTE_PROTO}`, why: 'the node is gone' })
+    if (!wanted.some((r) => r.dst === c.dst)) ip.push({ line: `route del ${c.dst} proto ${ROUTE_PROTO}`, why: 'no peer needs it any more' })
   // The ip lines create the device that the fdb lines need, so ip runs first.
-  return { ip, bridge }
+  return { ip, bridge, skipped }
+}
+
+export interface Failure {
+  node?: string
+  line: string
+  error: string
 }
 
 export interface ReconcileReport {
   changes: string[] // the shell lines that ran (or, with dryRun, would run)
   skipped: Skip[]
+  failed: Failure[] // changes the kernel refused; every other change was made
 }
 
 export async function reconcile(nodes: NodeList, self: string, backend: Backend, networks: Cidr[] | undefined, dryRun = false): Promise<ReconcileReport> {
   const current = await readCurrent()
   const plan = planRoutes(nodes, self, backend, current.local, networks)
-  const { ip, bridge } = diff(plan, current)
+  const { ip, bridge, skipped } = diff(plan, current)
   const changes = [...ip.map((s) => `ip ${s.line}`), ...bridge.map((s) => `bridge ${s.line}`)]
+  const failed: Failure[] = []
   if (!dryRun) {
     explainSteps([...ip.map((s) => ({ ...s, line: `ip ${s.line}` })), ...bridge.map((s) => ({ ...s, line: `bridge ${s.line}` }))])
-    await batch('ip', ip)
-    await batch('bridge', bridge)
+    failed.push(...(await apply('ip', ip)), ...(await apply('bridge', bridge)))
   }
-  return { changes, skipped: plan.skipped }
+  return { changes, skipped: mergeSkips([...plan.skipped, ...skipped]), failed }
 }
 
-async function batch(tool: string, steps: Step[]): Promise<void> {
-  if (!steps.length) return
-  const r = await run([tool, '-batch', '-'], steps.map((s) => s.line).join('\n') + '\n')
-  if (r.code !== 0) throw new Error(`${tool} -batch failed: ${r.stderr.trim()}`)
+/** One entry per Node, its reasons joined, so each skipped Node is one line in the log. */
+function mergeSkips(skips: Skip[]): Skip[] {
+  const byNode = new Map<string, string[]>()
+  for (const s of skips) byNode.set(s.node, [...(byNode.get(s.node) ?? []), s.reason])
+  return [...byNode].map(([node, reasons]) => ({ node, reason: reasons.join('; ') }))
+}
+
+/**
+ * One `-batch` for all the changes, with `-force` so that each line succeeds or fails on its own: without it
+ * the first refused line (one Node's unusable gateway) stops the batch, and no later peer gets its route.
+ */
+async function apply(tool: string, steps: Change[]): Promise<Failure[]> {
+  if (!steps.length) return []
+  const r = await run([tool, '-force', '-batch', '-'], steps.map((s) => s.line).join('\n') + '\n')
+  return r.code === 0 ? [] : batchFailures(tool, steps, r.stderr)
+}
+
+/** Which lines failed, from `-force -batch` stderr: each failure's messages, then "Command failed -:N". Pure. */
+export function batchFailures(tool: string, steps: Change[], stderr: string): Failure[] {
+  const failed: Failure[] = []
+  let messages: string[] = []
+  for (const text of stderr.split('\n').map((l) => l.trim())) {
+    const n = /^Command failed -:(\d+)$/.exec(text)?.[1]
+    if (n === undefined) {
+      if (text) messages.push(text)
+      continue
+    }
+    const step = steps[Number(n) - 1]
+    failed.push({ node: step?.node, line: `${tool} ${step?.line ?? `-batch line ${n}`}`, error: messages.join(' ') || 'failed' })
+    messages = []
+  }
+  if (!failed.length) failed.push({ line: `${tool} -force -batch`, error: stderr.trim() || 'failed' })
+  return failed
 }
 
 // ---- the command ---------------------------------------------------------------------------------------
@@ -414,8 +543,7 @@ export async function routesCommand(argv: string[]): Promise<number> {
   const agent = { node: o.node, backend: o.backend as Backend, networks, dryRun: o['dry-run'], metricsAddr: o['metrics-addr'], conflist: o.conflist }
   if (o.watch === undefined) {
     if (o['metrics-addr']) throw new Error('--metrics-addr is for the agent: add --watch')
-    await reconcileLogged(await readNodes(), agent)
-    return 0
+    return (await reconcileLogged(await readNodes(), agent)).failed.length ? 1 : 0
   }
   if (o.watch === '') {
     if (!api)

@@ -14,8 +14,8 @@ import { clientOf } from '../helpers/topology.ts'
 
 const missing = missingTools()
 if (missing.length) {
-  console.error(`\n!!! SKIPPING the CRI tests: ${missing.join(', ')} not installed (apt-get install containerd runc busybox-static containernetworking-plugins)\n`)
-  if (process.env.CI) throw new Error(`CRI tests cannot run in CI: ${missing.join(', ')} missing`)
+  console.error(`\n!!! SKIPPING the CRI tests: packages ${missing.join(', ')} not installed (apt-get install ${missing.join(' ')})\n`)
+  if (process.env.CI) throw new Error(`CRI tests cannot run in CI: packages ${missing.join(', ')} missing`)
 }
 
 const started: Containerd[] = []

@@ -1,6 +1,6 @@
 // install.sh, staged under --root so nothing on this machine changes, and the kind/Kubernetes manifest.
 import { spawn } from 'node:child_process'
-import { chmodSync, existsSync, mkdirSync, mkdtempSync, readFileSync, readdirSync, statSync, symlinkSync, writeFileSync } from 'node:fs'
+import { chmodSync, copyFileSync, existsSync, linkSync, mkdirSync, mkdtempSync, readFileSync, readdirSync, statSync, symlinkSync, writeFileSync } from 'node:fs'
 import { join } from 'node:path'
 import { test } from 'uvu'
 import * as assert from 'uvu/assert'
@@ -22,6 +22,18 @@ function runWith(argv: string[], opts: { pathDir?: string; env?: Record<string, 
   return { code: r.status as number, stdout: r.stdout as string, stderr: r.stderr as string }
 }
 
+/** Like runWith, but the test process keeps running: a stand-in API server in it must keep answering. */
+function runAsync(argv: string[], env: Record<string, string>): Promise<{ code: number; stdout: string; stderr: string }> {
+  return new Promise((resolve) => {
+    const child = spawn(argv[0], argv.slice(1), { env, cwd: TMP })
+    let stdout = ''
+    let stderr = ''
+    child.stdout.on('data', (d) => (stdout += d))
+    child.stderr.on('data', (d) => (stderr += d))
+    child.on('close', (code) => resolve({ code: code ?? 1, stdout, stderr }))
+  })
+}
+
 /** A kubectl on PATH that answers the given `case "$*"` arms like kubectl would, and fails anything else. */
 function kubectlStandIn(arms: string): string {
   const bin = mkdtempSync(join(TMP, 'kubectl-'))
@@ -29,6 +41,8 @@ function kubectlStandIn(arms: string): string {
   chmodSync(join(bin, 'kubectl'), 0o755)
   return bin
 }
+
+const afterShebang = (file: string) => readFileSync(file, 'utf8').split('\n').slice(1).join('\n')
 
 const STAGED = ['/etc/cni/net.d/10-kube-cni.conflist', '/opt/cni/bin/kube-cni']
 
@@ -46,7 +60,9 @@ test('install.sh --root stages the plugin and the conflist, and the plugin answe
   })
   const bin = join(root, STAGED[1])
   assert.is(statSync(bin).mode & 0o777, 0o755)
-  assert.is(readFileSync(bin, 'utf8'), readFileSync(PLUGIN, 'utf8'))
+  const [shebang, ...rest] = readFileSync(bin, 'utf8').split('\n')
+  assert.match(shebang, /^#!\/\S+\/node$/)
+  assert.ok(rest.join('\n') === afterShebang(PLUGIN), 'the installed plugin is the bundle under a new shebang')
   // Run it from a directory with no node_modules anywhere above it, as /opt/cni/bin is.
   const v = require('node:child_process').spawnSync(bin, [], { cwd: root, env: { PATH: '/usr/bin:/bin', CNI_COMMAND: 'VERSION' }, input: '{"cniVersion":"1.0.0"}', encoding: 'utf8' })
   assert.is(v.status, 0, v.stderr)
@@ -219,6 +235,95 @@ test('install.sh --help lists every option it parses; --opt=value works like --o
   assert.equal(files(root).sort(), STAGED)
 })
 
+const UNIT = '/etc/systemd/system/kube-cni-routes.service'
+/** A root where systemd runs: install.sh looks for ROOT/run/systemd/system, as systemd's own sd_booted() does. */
+function systemdRoot(): string {
+  const root = newRoot()
+  mkdirSync(join(root, 'run/systemd/system'), { recursive: true })
+  return root
+}
+
+test('install.sh on a systemd node installs the routes agent\'s unit (kubelet.conf, --network, restart on failure); --uninstall removes it', () => {
+  const root = systemdRoot()
+  const args = [INSTALL, '--root', root, '--subnet', '10.200.3.0/24', '--network', '10.200.0.0/16', '--node', 'worker-1']
+  const r = runWith(args)
+  assert.is(r.code, 0, r.stderr)
+  assert.equal(files(root).sort(), [...STAGED, UNIT].sort())
+  const unit = readFileSync(join(root, UNIT), 'utf8')
+  const lines = unit.split('\n')
+  for (const line of [
+    'Environment=KUBECONFIG=/etc/kubernetes/kubelet.conf',
+    'ExecStart=/opt/cni/bin/kube-cni routes --node worker-1 --network 10.200.0.0/16 --backend host-gw --watch 10',
+    'Restart=on-failure',
+    'WantedBy=multi-user.target',
+  ])
+    assert.ok(lines.includes(line), `the unit has no line ${line}:\n${unit}`)
+  assert.is(statSync(join(root, UNIT)).mode & 0o777, 0o644)
+  // Under --root, systemctl is never run: install.sh says what to run on the node instead.
+  assert.match(r.stderr, 'on the node: systemctl daemon-reload && systemctl enable --now kube-cni-routes.service')
+  assert.match(runWith(args).stderr, `${join(root, UNIT)} is up to date`)
+  const vx = runWith([...args, '--backend', 'vxlan', '--kubeconfig', '/etc/kubernetes/other.conf'])
+  assert.is(vx.code, 0, vx.stderr)
+  assert.match(readFileSync(join(root, UNIT), 'utf8'), /^Environment=KUBECONFIG=\/etc\/kubernetes\/other\.conf\n[^]*--backend vxlan --watch 10$/m)
+  const u = runWith([INSTALL, '--root', root, '--uninstall'])
+  assert.is(u.code, 0, u.stderr)
+  assert.equal(files(root), [])
+  // A path the unit cannot hold is refused before anything is written.
+  const bad = runWith([...args, '--kubeconfig', '/etc/kube config'])
+  assert.is(bad.code, 2)
+  assert.match(bad.stderr, /give paths without spaces/)
+  assert.equal(files(root), [])
+})
+
+test('install.sh --no-routes, or a node without systemd: no unit, and it says how to run the agent', () => {
+  for (const [root, extra, why] of [[systemdRoot(), ['--no-routes'], /--no-routes: no routes agent/], [newRoot(), [], /systemd is not running here/]] as const) {
+    const r = runWith([INSTALL, '--root', root, '--subnet', '10.200.3.0/24', '--network', '10.200.0.0/16', '--node', 'w2', ...extra])
+    assert.is(r.code, 0, r.stderr)
+    assert.match(r.stderr, why)
+    assert.match(r.stderr, 'KUBECONFIG=/etc/kubernetes/kubelet.conf /opt/cni/bin/kube-cni routes --node w2 --network 10.200.0.0/16')
+    assert.equal(files(root).sort(), STAGED)
+  }
+})
+
+test('the installed plugin\'s shebang names the node install.sh found on PATH, so a runtime with another PATH runs it', () => {
+  // A node outside the usual places, first on PATH, as nvm or a tarball install puts it.
+  const nodeDir = mkdtempSync(join(TMP, 'nodejs-'))
+  try {
+    linkSync(process.execPath, join(nodeDir, 'node'))
+  } catch {
+    copyFileSync(process.execPath, join(nodeDir, 'node'))
+  }
+  const root = newRoot()
+  const r = runWith([INSTALL, '--root', root, '--subnet', '10.200.3.0/24', '--network', '10.200.0.0/16'], { pathDir: nodeDir })
+  assert.is(r.code, 0, r.stderr)
+  const bin = readFileSync(join(root, STAGED[1]), 'utf8')
+  assert.is(bin.slice(0, bin.indexOf('\n')), `#!${join(nodeDir, 'node')}`)
+  assert.ok(bin.slice(bin.indexOf('\n') + 1) === afterShebang(PLUGIN), 'the installed plugin is the bundle under a new shebang')
+  const v = sh(['env', '-i', 'CNI_COMMAND=VERSION', join(root, STAGED[1])], '{"cniVersion":"1.0.0"}')
+  assert.is(v.code, 0, v.stderr)
+  assert.ok(JSON.parse(v.stdout).supportedVersions.includes('1.0.0'), v.stdout)
+})
+
+test('on a worker (no admin kubeconfig), install.sh learns the podCIDR through the kubelet\'s kubeconfig and puts it in the unit', async () => {
+  const root = systemdRoot()
+  const api = await startApiServer(join(root, 'api'), { items: [{ metadata: { name: 'worker-1' }, spec: { podCIDR: '10.200.9.0/24', podCIDRs: ['10.200.9.0/24'] } }] })
+  try {
+    // HOME has no .kube/config: a kubectl on PATH, if any, reaches no cluster, as on a kubeadm worker.
+    const env = { PATH: '/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin', HOME: newRoot() }
+    const r = await runAsync([INSTALL, '--root', root, '--network', '10.200.0.0/16', '--node', 'worker-1', '--kubeconfig', api.kubeletConf], env)
+    assert.is(r.code, 0, r.stderr)
+    assert.equal(api.requests, ['GET /api/v1/nodes/worker-1'])
+    assert.is(JSON.parse(readFileSync(join(root, STAGED[0]), 'utf8')).plugins[0].subnet, '10.200.9.0/24')
+    assert.match(r.stderr, /done: node worker-1, podCIDR 10\.200\.9\.0\/24, cluster range 10\.200\.0\.0\/16/)
+    assert.match(readFileSync(join(root, UNIT), 'utf8'), `Environment=KUBECONFIG=${api.kubeletConf}\n`)
+    const unknown = await runAsync([INSTALL, '--root', newRoot(), '--network', '10.200.0.0/16', '--node', 'worker-9', '--kubeconfig', api.kubeletConf], env)
+    assert.is(unknown.code, 1)
+    assert.match(unknown.stderr, /HTTP 404[^]*cannot learn the podCIDR of node 'worker-9' through .*kubelet\.conf/)
+  } finally {
+    api.close()
+  }
+})
+
 // ---- the manifest ---------------------------------------------------------------------------------------
 
 const docs = () => YAML.parseAllDocuments(readFileSync(MANIFEST, 'utf8')).map((d: any) => d.toJS())
@@ -244,7 +349,8 @@ test('the DaemonSet: stock image, host network, tolerates all, node-critical, NE
   assert.equal(spec.tolerations, [{ operator: 'Exists' }])
   assert.is(spec.priorityClassName, 'system-node-critical')
   for (const c of [...spec.initContainers, ...spec.containers]) assert.is(c.image, 'node:20-bookworm-slim')
-  assert.equal(spec.containers[0].securityContext.capabilities.add, ['NET_ADMIN', 'NET_RAW'])
+  assert.equal(spec.containers[0].securityContext.capabilities.add, ['NET_ADMIN', 'NET_RAW', 'SYS_CHROOT'])
+  assert.equal(spec.initContainers[0].securityContext.capabilities.add, ['SYS_CHROOT'])
   assert.equal(spec.volumes.filter((v: any) => v.hostPath).map((v: any) => v.hostPath.path).sort(), ['/', '/etc/cni/net.d', '/opt/cni/bin'])
   assert.is(spec.containers[0].command[2], ROUTES_SCRIPT)
   assert.is(spec.initContainers[0].command[2], INIT_SCRIPT)
@@ -267,15 +373,8 @@ test('the DaemonSet\'s init script, under a temp root and a stand-in API server,
       NODE_NAME: 'kind-worker',
       NETWORK: '10.200.0.0/16',
     }
-    // spawn, not spawnSync: the stand-in server runs in this process and must keep answering.
-    const r = await new Promise<{ code: number; out: string }>((resolve) => {
-      const child = spawn('/bin/sh', ['-c', INIT_SCRIPT], { env })
-      let out = ''
-      child.stdout.on('data', (d) => (out += d))
-      child.stderr.on('data', (d) => (out += d))
-      child.on('close', (code) => resolve({ code: code ?? 1, out }))
-    })
-    assert.is(r.code, 0, r.out)
+    const r = await runAsync(['/bin/sh', '-c', INIT_SCRIPT], env)
+    assert.is(r.code, 0, r.stdout + r.stderr)
     assert.equal(api.requests, ['GET /api/v1/nodes/kind-worker'])
     const installed = join(env.HOST_BIN, 'kube-cni')
     assert.ok(readFileSync(installed, 'utf8').startsWith(`#!${env.NODE_ON_HOST}\n`))
@@ -290,17 +389,21 @@ test('the DaemonSet\'s init script, under a temp root and a stand-in API server,
   }
 })
 
-test('the in-cluster client reads the NodeList with the service account token and CA (stand-in API server)', async () => {
-  const api = await startApiServer(join(newRoot(), 'api'), { items: [{ metadata: { name: 'n1' } }, { metadata: { name: 'n2' } }] })
-  const saved = { ...process.env }
-  try {
-    Object.assign(process.env, api.env)
-    const list = await readNodeList({})
-    assert.equal(list.items.map((n) => n.metadata.name), ['n1', 'n2'])
-    assert.equal(api.requests, ['GET /api/v1/nodes'])
-  } finally {
-    process.env = saved
-    api.close()
+test('the API client reads the NodeList in a pod (service account token and CA) and on a node ($KUBECONFIG: the kubelet\'s client certificate)', async () => {
+  for (const where of ['pod', 'node']) {
+    const api = await startApiServer(join(newRoot(), 'api'), { items: [{ metadata: { name: 'n1' } }, { metadata: { name: 'n2' } }] })
+    const saved = { ...process.env }
+    try {
+      delete process.env.KUBERNETES_SERVICE_HOST
+      if (where === 'pod') Object.assign(process.env, api.env)
+      else process.env.KUBECONFIG = api.kubeletConf
+      const list = await readNodeList({})
+      assert.equal(list.items.map((n) => n.metadata.name), ['n1', 'n2'])
+      assert.equal(api.requests, ['GET /api/v1/nodes'])
+    } finally {
+      process.env = saved
+      api.close()
+    }
   }
 })
 

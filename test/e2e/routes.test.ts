@@ -6,7 +6,7 @@ import { test } from 'uvu'
 import * as assert from 'uvu/assert'
 import { probe, startEchoServers } from '../../lib/lab.ts'
 import { PLUGIN, cleanupAll, ipj, kubeCni, must, newNetns, nsPath } from '../helpers/cluster.ts'
-import { nodeList, podIP, routes, twoNodes } from '../helpers/topology.ts'
+import { nodeList, podIP, routes, tryRoutes, twoNodes } from '../helpers/topology.ts'
 
 test.after.each(cleanupAll)
 
@@ -52,6 +52,21 @@ test('vxlan: pods on nodes in different subnets behind a router reach each other
   assert.is((await probe(pb.pod, [podIP(pa.result)]))[podIP(pa.result)], podIP(pb.result))
   // A full-size packet fits the pod MTU of 1450 without fragmentation.
   must(['ip', 'netns', 'exec', pa.pod, 'ping', '-c', '1', '-W', '2', '-M', 'do', '-s', '1422', podIP(pb.result)])
+})
+
+test('vxlan: an existing kube-cni.1 with learning, a ttl and a bound dev is made again as kube-cni makes it', async () => {
+  const { a, b, nodesJson } = twoNodes({ routed: true, conf: { mtu: 1450 } })
+  must(['ip', '-n', a.node.ns, 'link', 'add', 'kube-cni.1', 'type', 'vxlan', 'id', '1', 'local', '192.0.2.1', 'dstport', '4789', 'learning', 'ttl', '5', 'dev', 'eth0'])
+  const pa = await a.node.addPod('pa')
+  const pb = await b.node.addPod('pb')
+  routes(a, nodesJson, '--backend', 'vxlan')
+  routes(b, nodesJson, '--backend', 'vxlan')
+  const [dev] = ipj(a.node.ns, '-d', 'link', 'show', 'dev', 'kube-cni.1')
+  const { id, local, port, learning, ttl, link } = dev.linkinfo.info_data
+  assert.equal({ id, local, port, learning, ttl, link }, { id: 1, local: '192.0.2.1', port: 4789, learning: false, ttl: 0, link: undefined })
+  await startEchoServers([pa.pod, pb.pod])
+  assert.is((await probe(pa.pod, [podIP(pb.result)]))[podIP(pb.result)], podIP(pa.result))
+  assert.ok(routes(a, nodesJson, '--backend', 'vxlan').stderr.includes('no changes'), 'a second run leaves the new device alone')
 })
 
 test('switching backends removes the other backend\'s routes and device', async () => {
@@ -109,6 +124,45 @@ test('a podCIDR of 0.0.0.0/0, this node\'s own, or outside the cluster network i
   writeFileSync(nodesJson, JSON.stringify(nodeList([a, b])))
   routes(a, nodesJson)
   assert.equal(otherRoutes(a.node.ns), before)
+})
+
+test('a route to a peer\'s podCIDR that kube-cni did not make is left alone and reported', async () => {
+  const { a, nodesJson } = twoNodes()
+  must(['ip', '-n', a.node.ns, 'route', 'add', '10.200.2.0/24', 'via', '192.0.2.77', 'proto', 'static'])
+  const r = routes(a, nodesJson)
+  assert.equal(ipj(a.node.ns, 'route', 'show', '10.200.2.0/24'), [{ dst: '10.200.2.0/24', gateway: '192.0.2.77', dev: 'eth0', protocol: 'static', flags: [] }])
+  assert.match(r.stderr, /skipped node-b: a route to 10\.200\.2\.0\/24 that kube-cni did not make is there \(via 192\.0\.2\.77 dev eth0 proto static\): left alone/)
+  // The admin removes theirs: the next run makes kube-cni's.
+  must(['ip', '-n', a.node.ns, 'route', 'del', '10.200.2.0/24', 'proto', 'static'])
+  routes(a, nodesJson)
+  assert.equal(kubeRoutes(a.node.ns), [{ dst: '10.200.2.0/24', gateway: '192.0.2.2', dev: 'eth0', flags: [] }])
+})
+
+test('one peer with an unusable gateway does not block the others; the run exits non-zero after making the rest', async () => {
+  const { a, b, nodesJson } = twoNodes()
+  // 192.0.2.255 is on a connected network, but it is the broadcast address: the kernel refuses it as a gateway.
+  const bad = { name: 'node-bad', ips: ['192.0.2.255'], subnets: ['10.200.3.0/24'] }
+  const c = { name: 'node-c', ips: ['192.0.2.3'], subnets: ['10.200.4.0/24'] }
+  writeFileSync(nodesJson, JSON.stringify(nodeList([a, bad, b, c])))
+  const r = tryRoutes(a, nodesJson)
+  assert.equal(kubeRoutes(a.node.ns).map((x: any) => `${x.dst} via ${x.gateway}`), ['10.200.2.0/24 via 192.0.2.2', '10.200.4.0/24 via 192.0.2.3'])
+  assert.is.not(r.code, 0, 'the failure is reported in the exit status')
+  assert.match(r.stderr, /failed for node-bad: ip route replace 10\.200\.3\.0\/24 via 192\.0\.2\.255 proto 211: .*invalid gateway/i)
+  assert.match(r.stderr, /3 changes, 1 of them failed/)
+  // It stays refused on every run, and never undoes the others.
+  assert.is.not(tryRoutes(a, nodesJson).code, 0)
+  assert.is(kubeRoutes(a.node.ns).length, 2)
+})
+
+test('a null item in the NodeList is skipped and reported; the other peers get their routes', async () => {
+  const { a, b, nodesJson } = twoNodes()
+  const list = nodeList([a, b]) as { items: unknown[] }
+  list.items.unshift(null, { metadata: {} })
+  writeFileSync(nodesJson, JSON.stringify(list))
+  const r = routes(a, nodesJson)
+  assert.equal(kubeRoutes(a.node.ns), [{ dst: '10.200.2.0/24', gateway: '192.0.2.2', dev: 'eth0', flags: [] }])
+  assert.match(r.stderr, /skipped NodeList item 0: it is not a Node object\n/)
+  assert.match(r.stderr, /skipped NodeList item 1: its metadata.name undefined is not a Node name\n/)
 })
 
 test('a node that left the NodeList loses its route', async () => {

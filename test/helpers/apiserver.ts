@@ -1,17 +1,19 @@
 // A stand-in for the Kubernetes API server: HTTPS on loopback with a throwaway self-signed certificate, and
-// only with the right token. It serves the Nodes the way the real one does for what kube-cni asks:
+// only with the right token or a kubelet's client certificate. It serves the Nodes the way the real one does for what kube-cni asks:
 //   GET /api/v1/nodes                       a NodeList with metadata.resourceVersion
 //   GET /api/v1/nodes/NAME                  one Node
 //   GET /api/v1/nodes?watch=1&resourceVersion=RV[&allowWatchBookmarks=true][&timeoutSeconds=T]
 //                                           every change after RV as one JSON line, then live; BOOKMARKs;
 //                                           an ERROR 410 event when RV is older than the last expire()
-// It lets the in-cluster client, the DaemonSet's init script and the routes agent be tested (and the agent
+// It lets the in-cluster client, the DaemonSet's init script, install.sh on a kubeadm worker (the kubelet's
+// kubeconfig) and the routes agent be tested (and the agent
 // benchmarked, bench/agent.ts) without a cluster. startApiServer runs it in this process;
 // startApiServerIn runs it in a child process inside a netns, where the agent under test can reach it.
 import { type ChildProcess, spawn } from 'node:child_process'
 import { mkdirSync, readFileSync, writeFileSync } from 'node:fs'
 import type { ServerResponse } from 'node:http'
 import { type Server, createServer } from 'node:https'
+import type { TLSSocket } from 'node:tls'
 import { join } from 'node:path'
 import { ROOT, must, nsPath } from './cluster.ts'
 
@@ -35,6 +37,7 @@ export interface Control {
 export interface StandIn extends Control {
   env: Record<string, string> // what a pod would have: KUBERNETES_SERVICE_HOST/PORT, and KUBE_CNI_SA_DIR
   kubeconfig: string // a kubeconfig file for the same server, CA and token
+  kubeletConf: string // a kubeconfig as kubeadm writes /etc/kubernetes/kubelet.conf on a worker
   requests: string[]
 }
 
@@ -51,6 +54,11 @@ export async function startApiServer(dir: string, nodes: { items: any[] }, opts:
   must(['openssl', 'req', '-x509', '-newkey', 'rsa:2048', '-nodes', '-days', '1', '-subj', '/CN=kubernetes',
     '-addext', 'subjectAltName=IP:127.0.0.1', '-keyout', join(dir, 'key.pem'), '-out', join(sa, 'ca.crt')])
   writeFileSync(join(sa, 'token'), `${TOKEN}\n`)
+  // The kubelet's client certificate and key in one file, as kubeadm's kubelet-client-current.pem.
+  const pem = join(dir, 'kubelet-client-current.pem')
+  must(['openssl', 'req', '-x509', '-newkey', 'rsa:2048', '-nodes', '-days', '1', '-subj', '/O=system:nodes/CN=system:node:worker-1',
+    '-keyout', join(dir, 'client-key.pem'), '-out', join(dir, 'client.pem')])
+  writeFileSync(pem, readFileSync(join(dir, 'client.pem'), 'utf8') + readFileSync(join(dir, 'client-key.pem'), 'utf8'))
 
   let rv = 1000
   let compacted = 0
@@ -74,9 +82,11 @@ export async function startApiServer(dir: string, nodes: { items: any[] }, opts:
     res.end()
   }
 
-  const server: Server = createServer({ key: readFileSync(join(dir, 'key.pem')), cert: readFileSync(join(sa, 'ca.crt')) }, (req, res) => {
+  const tls = { key: readFileSync(join(dir, 'key.pem')), cert: readFileSync(join(sa, 'ca.crt')) }
+  const server: Server = createServer({ ...tls, requestCert: true, rejectUnauthorized: false, ca: readFileSync(join(dir, 'client.pem')) }, (req, res) => {
     stats.requests.push(`${req.method} ${req.url}`)
-    if (req.headers.authorization !== `Bearer ${TOKEN}`) return res.writeHead(401).end('{"kind":"Status","code":401}')
+    const kubelet = (req.socket as TLSSocket).authorized
+    if (req.headers.authorization !== `Bearer ${TOKEN}` && !kubelet) return res.writeHead(401).end('{"kind":"Status","code":401}')
     const url = new URL(req.url ?? '/', 'https://stand-in')
     const one = /^\/api\/v1\/nodes\/([^/]+)$/.exec(url.pathname)
     const reply = (body: unknown) => {
@@ -113,6 +123,27 @@ export async function startApiServer(dir: string, nodes: { items: any[] }, opts:
   }, opts.bookmarkEveryMs ?? 5000)
   await new Promise<void>((r) => server.listen(0, '127.0.0.1', r))
   const port = (server.address() as { port: number }).port
+  const kubeletConf = join(dir, 'kubelet.conf')
+  writeFileSync(kubeletConf, `apiVersion: v1
+clusters:
+- cluster:
+    certificate-authority-data: ${tls.cert.toString('base64')}
+    server: https://127.0.0.1:${port}
+  name: kubernetes
+contexts:
+- context:
+    cluster: kubernetes
+    user: system:node:worker-1
+  name: system:node:worker-1@kubernetes
+current-context: system:node:worker-1@kubernetes
+kind: Config
+preferences: {}
+users:
+- name: system:node:worker-1
+  user:
+    client-certificate: ${pem}
+    client-key: ${pem}
+`)
   const kubeconfig = join(dir, 'kubeconfig')
   writeFileSync(kubeconfig, `apiVersion: v1
 kind: Config
@@ -135,6 +166,7 @@ users:
   return {
     env: { KUBERNETES_SERVICE_HOST: '127.0.0.1', KUBERNETES_SERVICE_PORT: String(port), KUBE_CNI_SA_DIR: sa },
     kubeconfig,
+    kubeletConf,
     requests: stats.requests,
     add: async (node) => {
       const type = store.has(node.metadata.name) ? 'MODIFIED' : 'ADDED'

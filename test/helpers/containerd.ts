@@ -1,11 +1,12 @@
 // containerd 1.6's CRI plugin, run as a node's runtime for a test: started with `nsenter --net=<node netns>`
 // (not `ip netns exec`, whose private mount namespace would hide the sandbox netns mounts), with its own root,
-// state, socket, opt and runc dirs under the test's temp dir, so a system containerd is never touched; shims
-// still put their sockets in /run/containerd/s. No registry: the busybox image (test/helpers/oci.ts) is the
+// state, socket, opt and runc dirs under the test's temp dir, so a system containerd is never touched; the
+// sandboxes' netns are pinned in its state dir, not /run/netns; shims still put their sockets in
+// /run/containerd/s (removed with them). No registry: the busybox image (test/helpers/oci.ts) is the
 // sandbox image, imported with ctr. Pods go in a cgroup_parent of this instance's own, removed at stop.
-// Facts behind each setting: ../../../shared/k8s-notes.md.
 import { spawn, type ChildProcess } from 'node:child_process'
-import { existsSync, mkdirSync, readdirSync, readFileSync, rmSync, rmdirSync, writeFileSync } from 'node:fs'
+import { createHash } from 'node:crypto'
+import { closeSync, existsSync, mkdirSync, openSync, readdirSync, readFileSync, rmSync, rmdirSync, writeFileSync } from 'node:fs'
 import { join } from 'node:path'
 import { Node, PREFIX, TMP, nsPath, sh } from './cluster.ts'
 import { Cri, type ContainerConfig, type ContainerStatus, type PodSandboxConfig } from './cri.ts'
@@ -15,12 +16,15 @@ import { BUSYBOX, IMAGE, buildImage } from './oci.ts'
 export { IMAGE }
 export const NAMESPACE = 'k8s.io' // the CRI plugin's containerd namespace
 const CGROUPS = '/sys/fs/cgroup'
+const SHIM_SOCKETS = '/run/containerd/s'
+const CNI_CACHE = '/var/lib/cni/results'
 
-/** What this machine lacks to run containerd's CRI (empty when nothing). */
+/** The Debian packages this machine lacks to run containerd's CRI (empty when none). */
 export function missingTools(): string[] {
-  const tools = ['containerd', 'ctr', 'runc', 'containerd-shim-runc-v2', 'nsenter'].filter((t) => sh(['which', t]).code !== 0)
+  const tools = [['containerd', 'containerd'], ['ctr', 'containerd'], ['containerd-shim-runc-v2', 'containerd'], ['runc', 'runc'], ['nsenter', 'util-linux']]
   const files = [[BUSYBOX, 'busybox-static'], ['/usr/lib/cni/loopback', 'containernetworking-plugins'], ['/usr/lib/cni/portmap', 'containernetworking-plugins']]
-  return [...new Set([...tools, ...files.filter(([f]) => !existsSync(f)).map(([, pkg]) => pkg)])]
+  const lacking = [...tools.filter(([t]) => sh(['which', t]).code !== 0), ...files.filter(([f]) => !existsSync(f))]
+  return [...new Set(lacking.map(([, pkg]) => pkg))]
 }
 
 /** kube-cni with the node's conf, chained with the reference portmap, as install.sh and the DaemonSet write it. */
@@ -53,7 +57,6 @@ export class Containerd {
   readonly logFile: string
   cri: Cri
   private proc?: ChildProcess
-  private readonly netnsPaths = new Map<string, string>() // sandbox id → the netns containerd pinned for it
   private pods = 0
 
   private constructor(readonly node: Node, opts: ContainerdOptions) {
@@ -74,18 +77,24 @@ export class Containerd {
   /** Starts containerd in the node's netns and imports the sandbox image (and `opts.images`). */
   static async start(node: Node, opts: ContainerdOptions = {}): Promise<Containerd> {
     const missing = missingTools()
-    if (missing.length) throw new Error(`containerd's CRI cannot run here: ${missing.join(', ')} missing (apt-get install containerd runc busybox-static containernetworking-plugins)`)
+    if (missing.length) throw new Error(`containerd's CRI cannot run here: apt-get install ${missing.join(' ')}`)
     if (!exitHook) {
       exitHook = true
-      // Last resort when a test dies without stop(): nothing of ours may outlive the process.
-      process.on('exit', () => running.forEach((c) => c.kill()))
+      // Last resort when a test dies without stop(): nothing of ours may outlive the process. Before
+      // cluster.ts's own exit hook, which deletes the node netns and the temp dir under containerd's mounts.
+      process.prependListener('exit', () => running.forEach((c) => c.kill()))
     }
     const c = new Containerd(node, opts)
     running.add(c)
-    await c.launch()
-    const image = join(TMP, 'containerd-image')
-    const archive = existsSync(join(image, 'image.tar')) ? join(image, 'image.tar') : buildImage(image, { cmd: ['sleep', '999999999'] })
-    for (const a of [archive, ...(opts.images ?? [])]) c.ctr('images', 'import', '--snapshotter', 'native', a)
+    try {
+      await c.launch()
+      const image = join(TMP, 'containerd-image')
+      const archive = existsSync(join(image, 'image.tar')) ? join(image, 'image.tar') : buildImage(image, { cmd: ['sleep', '999999999'] })
+      for (const a of [archive, ...(opts.images ?? [])]) c.ctr('images', 'import', '--snapshotter', 'native', a)
+    } catch (e) {
+      c.kill()
+      throw e
+    }
     return c
   }
 
@@ -110,6 +119,8 @@ disabled_plugins = ["io.containerd.snapshotter.v1.btrfs", "io.containerd.snapsho
   sandbox_image = "${IMAGE}"
   # This VM forbids lowering oom_score_adj; without this runc fails every sandbox.
   restrict_oom_score_adj = true
+  # Sandbox netns in this instance's state dir, not /run/netns: a killed test leaves none behind.
+  netns_mounts_under_state_dir = true
   stream_server_address = "127.0.0.1"
   stream_server_port = "0"
   enable_selinux = false
@@ -133,20 +144,27 @@ disabled_plugins = ["io.containerd.snapshotter.v1.btrfs", "io.containerd.snapsho
   }
 
   private async launch(): Promise<void> {
+    const log = openSync(this.logFile, 'a')
     // nsenter execs containerd in place: the child's pid is containerd's.
-    const log = join(this.dir, 'containerd.log')
-    this.proc = spawn('sh', ['-c', `exec nsenter --net=${nsPath(this.node.ns)} containerd --config ${this.dir}/config.toml >>${log} 2>&1`], { stdio: 'ignore' })
-    const exited = new Promise<never>((_, reject) => this.proc!.once('exit', (code) => reject(new Error(`containerd exited (${code}): ${this.logTail()}`))))
-    exited.catch(() => {})
+    const proc = spawn('nsenter', [`--net=${nsPath(this.node.ns)}`, 'containerd', '--config', join(this.dir, 'config.toml')], { stdio: ['ignore', log, log] })
+    closeSync(log)
+    this.proc = proc
+    let exited = false
+    const exit = new Promise<never>((_, reject) => proc.once('exit', (code, signal) => {
+      exited = true
+      reject(new Error(`containerd exited (${code ?? signal})`))
+    }))
+    exit.catch(() => {})
+    // A fresh channel: after a restart the old one may sit in its reconnect backoff.
     this.cri.close()
     this.cri = new Cri(this.socket)
     const deadline = Date.now() + 30_000
     for (;;) {
       try {
         // The CRI plugin answers "server is not initialized yet" for a moment after the socket is up.
-        if ((await Promise.race([this.cri.status(), exited])).RuntimeReady?.status) return
+        if ((await Promise.race([this.cri.status(), exit])).RuntimeReady?.status) return
       } catch (e) {
-        if (this.proc.exitCode !== null || Date.now() > deadline) throw new Error(`containerd did not become ready: ${(e as Error).message}\n${this.logTail()}`)
+        if (exited || Date.now() > deadline) throw new Error(`containerd did not become ready: ${(e as Error).message}\n${this.logTail()}`)
       }
       await new Promise((r) => setTimeout(r, 200))
     }
@@ -185,20 +203,16 @@ disabled_plugins = ["io.containerd.snapshotter.v1.btrfs", "io.containerd.snapsho
     }
   }
 
-  /** RunPodSandbox; remembers the sandbox's netns so that even a crashed test leaves no netns mount behind. */
-  async runPod(config: PodSandboxConfig): Promise<string> {
-    const id = await this.cri.runPodSandbox(config)
-    await this.netnsOf(id)
-    return id
+  /** RunPodSandbox: the sandbox's id. */
+  runPod(config: PodSandboxConfig): Promise<string> {
+    return this.cri.runPodSandbox(config)
   }
 
-  /** The path of the sandbox's netns (containerd pins it in /var/run/netns), or '' for a hostNetwork pod. */
+  /** The path of the sandbox's netns (pinned under this instance's state dir), or '' for a hostNetwork pod. */
   async netnsOf(id: string): Promise<string> {
     const { info } = await this.cri.podSandboxStatus(id)
     const ns = (info.runtimeSpec?.linux?.namespaces ?? []).find((n: { type: string }) => n.type === 'network')
-    const path: string = ns?.path ?? ''
-    if (path) this.netnsPaths.set(id, path)
-    return path
+    return ns?.path ?? ''
   }
 
   /** CreateContainer + StartContainer, as the kubelet does for each container of a pod; logs go to
@@ -252,7 +266,6 @@ disabled_plugins = ["io.containerd.snapshotter.v1.btrfs", "io.containerd.snapsho
         for (const pod of await this.cri.listPodSandbox()) {
           await this.cri.stopPodSandbox(pod.id).catch((e) => errors.push(e.message))
           await this.cri.removePodSandbox(pod.id).catch((e) => errors.push(e.message))
-          this.netnsPaths.delete(pod.id)
         }
       } catch (e) {
         errors.push((e as Error).message)
@@ -263,13 +276,14 @@ disabled_plugins = ["io.containerd.snapshotter.v1.btrfs", "io.containerd.snapsho
     if (errors.length) throw new Error(`containerd stop: ${errors.join('; ')}`)
   }
 
-  /** Synchronous teardown: containerd, its shims and containers, the netns it pinned, cgroups, files. */
+  /** Synchronous teardown: containerd, its shims and containers, its mounts (the netns among them), cgroups, files. */
   private kill(): void {
     running.delete(this)
     this.cri.close()
     if (this.proc && this.proc.exitCode === null && this.proc.signalCode === null) this.proc.kill('SIGKILL')
     const runcRoot = join(this.dir, 'runc', NAMESPACE)
-    for (const id of existsSync(runcRoot) ? readdirSync(runcRoot) : []) sh(['runc', '--root', runcRoot, 'delete', '--force', id])
+    const ids = existsSync(runcRoot) ? readdirSync(runcRoot) : []
+    for (const id of ids) sh(['runc', '--root', runcRoot, 'delete', '--force', id])
     // The shims name this instance's socket on their command line; nothing else does.
     for (const pid of readdirSync('/proc').filter((p) => /^\d+$/.test(p))) {
       let cmd = ''
@@ -280,11 +294,12 @@ disabled_plugins = ["io.containerd.snapshotter.v1.btrfs", "io.containerd.snapsho
       }
       if (cmd.split('\0')[0].includes('containerd-shim') && cmd.split('\0').includes(this.socket)) sh(['kill', '-KILL', pid])
     }
-    for (const path of this.netnsPaths.values()) {
-      sh(['umount', path])
-      rmSync(path, { force: true })
-    }
-    this.netnsPaths.clear()
+    // A killed shim leaves its socket, named as containerd 1.6 names it: sha256 of <address>/<namespace>/<id>.
+    for (const id of ids) rmSync(join(SHIM_SOCKETS, createHash('sha256').update(join(this.socket, NAMESPACE, id)).digest('hex')), { force: true })
+    // libcni's cached results of pods that never got their DEL, named <network>-<sandbox id>-<ifname>.
+    const cached = existsSync(CNI_CACHE) ? readdirSync(CNI_CACHE) : []
+    for (const f of cached.filter((f) => ids.some((id) => f.includes(`-${id}-`)))) rmSync(join(CNI_CACHE, f), { force: true })
+    // The sandboxes' netns are pinned under the state dir too (netns_mounts_under_state_dir).
     for (const mnt of readFileSync('/proc/self/mountinfo', 'utf8').split('\n').map((l) => l.split(' ')[4]).filter((m) => m?.startsWith(this.dir)).reverse()) sh(['umount', '-l', mnt])
     this.removeCgroups()
     rmSync(this.dir, { recursive: true, force: true })

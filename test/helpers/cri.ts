@@ -42,7 +42,13 @@ export interface ContainerConfig {
   mounts?: Mount[]
   labels?: Record<string, string>
   log_path?: string
-  linux?: { security_context?: { privileged?: boolean; namespace_options?: { network?: NamespaceMode; pid?: NamespaceMode; ipc?: NamespaceMode } } }
+  linux?: {
+    security_context?: {
+      capabilities?: { add_capabilities?: string[]; drop_capabilities?: string[] }
+      privileged?: boolean
+      namespace_options?: { network?: NamespaceMode; pid?: NamespaceMode; ipc?: NamespaceMode }
+    }
+  }
 }
 
 export interface SandboxStatus {
@@ -85,11 +91,6 @@ export class Cri {
       this.client[method](req, { deadline: Date.now() + timeoutMs }, (err: grpc.ServiceError | null, res: T) =>
         err ? reject(new CriError(method, err.code, err.details)) : resolve(res))
     })
-  }
-
-  /** Resolves once the runtime answers, or rejects after `timeoutMs`. */
-  waitReady(timeoutMs = 20_000): Promise<void> {
-    return new Promise((resolve, reject) => this.client.waitForReady(Date.now() + timeoutMs, (e?: Error) => (e ? reject(e) : resolve())))
   }
 
   version() {

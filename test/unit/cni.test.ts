@@ -75,6 +75,21 @@ test('env: a container ID with a shell metacharacter', () => envError({ CNI_CONT
 test('env: an ifname of 16 characters', () => envError({ CNI_IFNAME: 'eth0123456789012' }, 'CNI_IFNAME'))
 test('env: an ifname with a slash', () => envError({ CNI_IFNAME: 'a/b' }, 'CNI_IFNAME'))
 test('env: the ifname ".."', () => envError({ CNI_IFNAME: '..' }, 'CNI_IFNAME'))
+for (const [name, why] of [
+  ['a:b', "':'"],
+  ['a b', 'white space'],
+  ['a\tb', 'white space'],
+  ['eth%d', 'template'],
+  ['a#b', 'comment'],
+  ['"a', 'quote'],
+  ["'a", 'quote'],
+  ['\u00e0bcdefg', 'white space'], // the UTF-8 of à holds the byte 0xA0, which the kernel counts as space
+  ['\u00e9\u00e9\u00e9\u00e9\u00e9\u00e9\u00e9\u00e9', '15 bytes'], // 8 characters, 16 bytes
+]) test(`env: the ifname ${JSON.stringify(name)} is refused (${why})`, () => envError({ CNI_IFNAME: name }, why))
+test('env: ifnames the kernel takes and the old A-Z a-z 0-9 _ . - rule refused are accepted', () => {
+  for (const name of ['a@b', 'net+1', 'w=1', "it's", '\u00e9th0', 'v\u00e9\u00e9\u00e9\u00e9\u00e9\u00e9\u00e9'])
+    assert.is(readInvocation({ ...ENV, CNI_IFNAME: name }).ifname, name)
+})
 test('env: VERSION ignores the dummies podman sends', () => {
   assert.is(readInvocation({ CNI_COMMAND: 'VERSION', CNI_NETNS: 'dummy', CNI_IFNAME: 'dummy', CNI_PATH: 'dummy' }).command, 'VERSION')
 })

@@ -1,5 +1,5 @@
 import { spawn } from 'node:child_process'
-import { existsSync, mkdirSync, mkdtempSync, readFileSync, readdirSync, rmSync, statSync, writeFileSync } from 'node:fs'
+import { chmodSync, existsSync, mkdirSync, mkdtempSync, readFileSync, readdirSync, rmSync, statSync, symlinkSync, utimesSync, writeFileSync } from 'node:fs'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
 import { buildSync } from 'esbuild'
@@ -128,7 +128,9 @@ test('the record is written ahead: it names each candidate before that IP file e
   a.setHostVeth('veth00000000')
   a.close()
   assert.equal(tried, ['10.200.1.3'])
-  assert.equal(store.readRecord(who('a')), { containerId: 'a', ifname: 'eth0', ips: ['10.200.1.4'], hostVeth: 'veth00000000', pids: undefined })
+  const { adding, ...record } = store.readRecord(who('a'))!
+  assert.equal(record, { containerId: 'a', ifname: 'eth0', ips: ['10.200.1.4'], hostVeth: 'veth00000000', pids: undefined })
+  assert.is(adding?.pid, process.pid, 'the ADD names itself, for GC')
 })
 
 test('an empty IP file (creator killed between create and write) can be freed by the record holder', () => {
@@ -147,8 +149,11 @@ test('a record that does not parse stands for the IP files its owner holds, and 
   const other = store.open({ containerId: 'a', ifname: 'net1' })
   other.reserve(conf.pools[0])
   other.close()
-  writeFileSync(join(dir, 'net', 'attachments', 'a:eth0'), '{"ips":["10.200.1.2"')
+  const garbled = join(dir, 'net', 'attachments', 'a:eth0')
+  writeFileSync(garbled, '{"ips":["10.200.1.2"')
   assert.equal(store.readRecord(who('a')), { containerId: 'a', ifname: 'eth0', ips: [mine] })
+  assert.equal(store.attachment(who('a'))?.busy, true, 'GC leaves it to the next run: an ADD may be writing it')
+  utimesSync(garbled, 1, 1)
   assert.equal(store.listAttachments().map((a) => `${a.owner.containerId}/${a.owner.ifname} ${a.record.ips}`).sort(), [
     `a/eth0 ${mine}`,
     'a/net1 10.200.1.4',
@@ -169,6 +174,88 @@ test('a container ID longer than a file name allows gets a record, and GC learns
   assert.ok(store.free(ip, who(long)))
   store.dropRecord(who(long))
   assert.is(store.readRecord(who(long)), undefined)
+})
+
+test('a planted record: its IPs never become paths, a host veth kube-cni did not name is dropped', () => {
+  const conf = confFor('10.200.1.0/24')
+  const store = new Store(dir, 'net')
+  const mine = take(store, conf, 'a')
+  writeFileSync(join(dir, 'victim'), '') // an empty file reads as "reserved by a killed ADD"
+  const attachments = join(dir, 'net', 'attachments')
+  writeFileSync(join(attachments, 'a:eth0'), JSON.stringify({ ips: ['../../victim', mine], hostVeth: 'cni0' }))
+  const record = store.readRecord(who('a'))
+  assert.equal(record, { containerId: 'a', ifname: 'eth0', ips: [mine] }, 'the IP files stand in for a record that is not ours')
+  assert.not.ok(store.free('../../victim', who('a')))
+  assert.not.ok(store.free('10.200.1.02', who('a')), 'only the canonical spelling is a file name')
+  assert.ok(existsSync(join(dir, 'victim')))
+  writeFileSync(join(attachments, 'b:eth0'), JSON.stringify({ ips: [], hostVeth: 'eth0' }))
+  assert.is(store.readRecord(who('b'))?.hostVeth, undefined)
+  // A pid list of the wrong shape costs the pids, never the host veth the record names.
+  const pids = [7, { pid: 8, start: 99 }, '../x', { pid: 9 }, -1]
+  writeFileSync(join(attachments, 'c:eth0'), JSON.stringify({ ips: [], hostVeth: 'veth0000abcd', pids }))
+  assert.equal(store.readRecord(who('c')), { containerId: undefined, ifname: undefined, ips: [], hostVeth: 'veth0000abcd', pids: [7, { pid: 8, start: 99 }], adding: undefined })
+})
+
+test('the store writes through no symlink and reads through none', () => {
+  const conf = confFor('10.200.1.0/24')
+  const store = new Store(dir, 'net')
+  take(store, conf, 'a')
+  writeFileSync(join(dir, 'victim'), 'precious')
+  symlinkSync(join(dir, 'victim'), join(dir, 'net', `last_reserved_ip.4.${process.pid}.tmp`))
+  take(store, conf, 'b')
+  assert.is(readFileSync(join(dir, 'victim'), 'utf8'), 'precious')
+  assert.is(readFileSync(join(dir, 'net', 'last_reserved_ip.4'), 'utf8'), '10.200.1.3')
+  assert.equal(readdirSync(join(dir, 'net')).filter((f) => f.endsWith('.tmp')), [])
+  writeFileSync(join(dir, 'other'), JSON.stringify({ ips: ['10.200.1.2'] }))
+  symlinkSync(join(dir, 'other'), join(dir, 'net', 'attachments', 'c:eth0'))
+  assert.equal(store.readRecord(who('c'))?.ips, [], 'a symlinked record is not read')
+})
+
+test('a store directory that is a symlink, or writable by group or others, is refused with error 5', () => {
+  for (const plant of [
+    () => chmodSync(dir, 0o770),
+    () => chmodSync(dir, 0o1777),
+    () => {
+      mkdirSync(join(dir, 'elsewhere'), { mode: 0o700 })
+      symlinkSync(join(dir, 'elsewhere'), join(dir, 'net'))
+    },
+  ]) {
+    rmSync(dir, { recursive: true, force: true })
+    mkdirSync(dir, { mode: 0o700 })
+    plant()
+    try {
+      new Store(dir, 'net').open(who('a'))
+      assert.unreachable()
+    } catch (e) {
+      assert.is((e as CniError).code, 5, (e as Error).message)
+      assert.match((e as Error).message, /symlink|writable by/)
+      assert.match((e as CniError).details, /chmod go-w/)
+    }
+  }
+})
+
+test('the round-robin cursor is best-effort: failing to write it fails no ADD and leaves no temp file', () => {
+  const conf = confFor('10.200.1.0/24')
+  const store = new Store(dir, 'net')
+  mkdirSync(join(dir, 'net', 'last_reserved_ip.4', 'x'), { recursive: true }) // rename onto it fails
+  assert.is(take(store, conf, 'a'), '10.200.1.2')
+  assert.equal(readdirSync(join(dir, 'net')).filter((f) => f.endsWith('.tmp')), [])
+})
+
+test('GC sees an attachment as busy while the ADD that wrote it runs, and a half-written record as busy', () => {
+  const conf = confFor('10.200.1.0/24')
+  const store = new Store(dir, 'net')
+  const a = store.open(who('a'))
+  a.reserve(conf.pools[0])
+  take(store, conf, 'done')
+  const attachments = join(dir, 'net', 'attachments')
+  writeFileSync(join(attachments, 'dead:eth0'), JSON.stringify({ ips: [], adding: { pid: process.pid, start: 1 } }))
+  writeFileSync(join(attachments, 'torn:eth0'), '{"ips":["10.2')
+  const busy = Object.fromEntries(store.listAttachments().map((l) => [l.owner.containerId, l.busy]))
+  assert.equal(busy, { a: true, done: true, dead: false, torn: true }, 'this process is still the ADD of "done" too')
+  a.close()
+  assert.is(store.attachment(who('a'))?.busy, true)
+  assert.is(store.attachment(who('nobody')), undefined)
 })
 
 test('50 processes allocating at once get 50 distinct IPs', async () => {
