@@ -187,7 +187,9 @@ install_file "$tmp/conflist" "$conf" 0644
 [ "$dry_run" = 1 ] && echo "$conflist"
 
 # The routes agent: a service, so that it survives a crash and a reboot.
-agent="$bin_dir/kube-cni routes --node $node_name --network $network --backend $backend --watch 10"
+# A bare --watch with a kubeconfig lists the Nodes once, then follows a watch; /healthz, /readyz and /metrics on
+# the loopback only.
+agent="$bin_dir/kube-cni routes --node $node_name --network $network --backend $backend --watch --metrics-addr 127.0.0.1:9101"
 if [ "$routes" = 0 ]; then
   say "--no-routes: no routes agent. Routes to the other nodes come from elsewhere (or run: KUBECONFIG=$kubeconfig $agent)."
 elif [ "$systemd_here" = 0 ]; then

@@ -253,7 +253,7 @@ test('install.sh on a systemd node installs the routes agent\'s unit (kubelet.co
   const lines = unit.split('\n')
   for (const line of [
     'Environment=KUBECONFIG=/etc/kubernetes/kubelet.conf',
-    'ExecStart=/opt/cni/bin/kube-cni routes --node worker-1 --network 10.200.0.0/16 --backend host-gw --watch 10',
+    'ExecStart=/opt/cni/bin/kube-cni routes --node worker-1 --network 10.200.0.0/16 --backend host-gw --watch --metrics-addr 127.0.0.1:9101',
     'Restart=on-failure',
     'WantedBy=multi-user.target',
   ])
@@ -264,7 +264,7 @@ test('install.sh on a systemd node installs the routes agent\'s unit (kubelet.co
   assert.match(runWith(args).stderr, `${join(root, UNIT)} is up to date`)
   const vx = runWith([...args, '--backend', 'vxlan', '--kubeconfig', '/etc/kubernetes/other.conf'])
   assert.is(vx.code, 0, vx.stderr)
-  assert.match(readFileSync(join(root, UNIT), 'utf8'), /^Environment=KUBECONFIG=\/etc\/kubernetes\/other\.conf\n[^]*--backend vxlan --watch 10$/m)
+  assert.match(readFileSync(join(root, UNIT), 'utf8'), /^Environment=KUBECONFIG=\/etc\/kubernetes\/other\.conf\n[^]*--backend vxlan --watch --metrics-addr 127\.0\.0\.1:9101$/m)
   const u = runWith([INSTALL, '--root', root, '--uninstall'])
   assert.is(u.code, 0, u.stderr)
   assert.equal(files(root), [])
