@@ -2,7 +2,7 @@
 // either by list-then-watch against the API server (lib/watch.ts) or, for a NodeList file or kubectl, by
 // reading them again every N seconds; and it tells how it is doing on /healthz, /readyz and /metrics.
 import { existsSync, readFileSync } from 'node:fs'
-import { run } from './exec.ts'
+import { MissingTool, run } from './exec.ts'
 import { type Cidr, formatCidr } from './ip.ts'
 import { Store } from './ipam.ts'
 import type { ApiServer, NodeList } from './kube.ts'
@@ -26,6 +26,13 @@ const DEBOUNCE_MS = 100
 export const READY_FAILING_MS = 60_000
 
 const say = (msg: string) => process.stderr.write(`kube-cni routes: ${msg}\n`)
+
+/** Retrying cannot install a tool: exit, so that systemd or the kubelet shows a crash loop with the reason. */
+function stopIfMissingTool(e: unknown): void {
+  if (!(e instanceof MissingTool)) return
+  say(`${e.message}: ${e.details}`)
+  process.exit(1)
+}
 
 /**
  * One reconcile, logged: a skipped Node is logged when its reason is new, so a watch that reconciles on every
@@ -152,6 +159,7 @@ export async function runAgent(o: AgentOptions): Promise<never> {
       try {
         await pass(source.poll)
       } catch (e) {
+        stopIfMissingTool(e)
         say(`${(e as Error).message}; retrying in ${source.everyMs / 1000}s`)
       }
       await new Promise((r) => setTimeout(r, source.everyMs))
@@ -174,6 +182,7 @@ export async function runAgent(o: AgentOptions): Promise<never> {
       try {
         await pass(() => watcher!.current())
       } catch (e) {
+        stopIfMissingTool(e)
         const wait = backoffMs(failures)
         say(`${(e as Error).message}; retrying in ${(wait / 1000).toFixed(1)}s`)
         running = false

@@ -59,11 +59,14 @@ const PACKAGES: Record<string, string> = {
   'ip6tables-restore': 'iptables',
 }
 
+/** A tool that is not installed: no retry can help, so the routes agent stops on it instead of looping. */
+export class MissingTool extends CniError {}
+
 /** A tool that cannot be started: a CNI error naming it and its package, not `spawn ip ENOENT` with a stack. */
 export function spawnError(tool: string, e: Error): CniError {
   const pkg = PACKAGES[tool]
   if ((e as NodeJS.ErrnoException).code === 'ENOENT')
-    return new CniError(
+    return new MissingTool(
       Code.Internal,
       `kube-cni needs ${tool}, and it is not in PATH=${process.env.PATH ?? ''}`,
       pkg ? `install the Debian package ${pkg} on the node (apt-get install ${pkg})` : `install ${tool} on the node`,

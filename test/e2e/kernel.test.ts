@@ -2,6 +2,7 @@
 // keywords, netns paths that are not (or no longer) network namespaces, killed ADDs, missing tools, and
 // hostile text that reaches the log.
 import { closeSync, constants, chmodSync, existsSync, mkdirSync, openSync, readFileSync, readdirSync, symlinkSync, writeFileSync, writeSync } from 'node:fs'
+import { spawnSync } from 'node:child_process'
 import { join } from 'node:path'
 import { test } from 'uvu'
 import * as assert from 'uvu/assert'
@@ -181,6 +182,18 @@ test('a successful ADD leaves no pids in its record: a recycled pid can never ho
   const record = JSON.parse(readFileSync(join(storeDir(node), 'attachments', key), 'utf8'))
   assert.is(record.pids, undefined, JSON.stringify(record))
   assert.ok(record.hostVeth)
+})
+
+test('the routes agent without ip stops with the package to install, instead of retrying forever', () => {
+  const node = new Node()
+  const nodes = join(TMP, 'nodes.json')
+  const self = { metadata: { name: 'n1' }, spec: { podCIDR: '10.200.1.0/24' }, status: { addresses: [{ type: 'InternalIP', address: '192.0.2.1' }] } }
+  writeFileSync(nodes, JSON.stringify({ items: [self] }))
+  const argv = ['routes', '--node', 'n1', '--network', '10.200.0.0/16', '--nodes-json', nodes, '--watch', '1']
+  const r = spawnSync('nsenter', [`--net=${nsPath(node.ns)}`, 'env', `PATH=${pathWithout('ip')}`, PLUGIN, ...argv], { encoding: 'utf8', timeout: 30_000 })
+  assert.is(r.signal, null, `still running after 30 s: ${r.stderr}`)
+  assert.is(r.status, 1)
+  assert.match(r.stderr, /kube-cni needs ip, and it is not in PATH=.*apt-get install iproute2/)
 })
 
 test('an ADD killed while its `ip` is stuck leaves no veth once DEL has returned, even when that `ip` resumes', async () => {
