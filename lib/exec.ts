@@ -105,7 +105,7 @@ function stat(pid: number): string[] | undefined {
   return [String(pid), text.slice(text.indexOf('(') + 1, close), ...text.slice(close + 2).split(' ')]
 }
 
-function startTime(pid: number): number | undefined {
+export function startTime(pid: number): number | undefined {
   const fields = stat(pid)
   return fields ? Number(fields[21]) : undefined
 }
