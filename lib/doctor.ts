@@ -39,7 +39,6 @@ export interface DoctorOptions {
 /** The config as the runtime hands it to kube-cni, and what the list chains after it. */
 interface Loaded {
   conf: NetConf
-  text: string // kube-cni's own netconf, as libcni builds it from the list
   chain: string[] // the other plugins' types, in order
   version: string
 }
@@ -54,15 +53,15 @@ export function loadConf(path: string): Loaded {
   const plugins: any[] = Array.isArray(doc?.plugins) ? doc.plugins : [doc]
   const mine = plugins.find((p) => p?.type === 'kube-cni')
   if (!mine) throw new Error(`${path} has no plugin of type kube-cni; pass kube-cni's conflist with --conf FILE`)
-  const text = JSON.stringify(Array.isArray(doc.plugins) ? { cniVersion: doc.cniVersion, name: doc.name, ...mine } : doc)
+  const netconf = JSON.stringify(Array.isArray(doc.plugins) ? { cniVersion: doc.cniVersion, name: doc.name, ...mine } : doc)
   let conf: NetConf
   try {
-    conf = parseNetConf(text)
+    conf = parseNetConf(netconf)
   } catch (e) {
     throw new Error(`${path}: ${(e as Error).message}`)
   }
   const chain = plugins.filter((p) => p !== mine).map((p) => String(p?.type ?? ''))
-  return { conf, text, chain, version: conf.cniVersion }
+  return { conf, chain, version: conf.cniVersion }
 }
 
 // ---- what the kernel has ---------------------------------------------------------------------------------
@@ -195,10 +194,10 @@ async function checkMasquerade(conf: NetConf, ready: boolean): Promise<Finding> 
   return ok('masquerade', `kube-cni's ${what} for ${conf.pools.map((p) => formatCidr(p.network)).join(', ')} are in place`)
 }
 
+/** Store files of a pod that is gone: its record and the IPs it still holds, or a reservation nobody records. */
 interface Leak {
-  owner?: Owner // an attachment to DEL; without one, a reservation file of nobody's to remove
   ips: string[]
-  path?: string
+  files: string[]
 }
 
 // A record or reservation written in the last moments may belong to an ADD that has not named its veth yet.
@@ -222,31 +221,32 @@ function findLeaks(store: Store, links: Link[]): Leak[] {
   const have = new Set(links.map((l) => l.ifname))
   const leaks: Leak[] = []
   const recorded = new Set<string>()
+  const key = (o: Owner) => `${o.containerId}\n${o.ifname}`
   for (const { owner, record } of store.listAttachments()) {
-    recorded.add(`${owner.containerId}\n${owner.ifname}`)
+    recorded.add(key(owner))
     if (record.hostVeth && have.has(record.hostVeth)) continue
-    if (addRunning(record, store.recordPath(owner))) continue
-    leaks.push({ owner, ips: record.ips })
+    const path = store.recordPath(owner)
+    if (addRunning(record, path)) continue
+    const held = record.ips.filter((ip) => { const o = store.ownerOf(ip); return o && key(o) === key(owner) })
+    leaks.push({ ips: held, files: [path, ...held.map((ip) => join(store.dir, ip))] })
   }
   for (const r of store.listReserved()) {
-    if (r.owner && recorded.has(`${r.owner.containerId}\n${r.owner.ifname}`)) continue
+    if (r.owner && recorded.has(key(r.owner))) continue
     const path = join(store.dir, r.ip)
-    if (!fresh(path)) leaks.push({ ips: [r.ip], path })
+    if (!fresh(path)) leaks.push({ ips: [r.ip], files: [path] })
   }
   return leaks
 }
 
-/** Frees exactly the leaks: the plugin's own DEL for each attachment (it frees only what that owner holds). */
-function leakFix(loaded: Loaded, binDir: string, leaks: Leak[]): string {
-  const plugin = join(binDir, 'kube-cni')
-  const del = (o: Owner) =>
-    `printf %s "$c" | CNI_COMMAND=DEL CNI_CONTAINERID=${shq(o.containerId)} CNI_IFNAME=${shq(o.ifname)} CNI_NETNS= CNI_PATH=${shq(binDir)} ${shq(plugin)} >/dev/null`
-  const dels = leaks.flatMap((l) => (l.owner ? [del(l.owner)] : []))
-  const files = leaks.flatMap((l) => (l.path ? [l.path] : []))
-  return [...(dels.length ? [`c=${shq(loaded.text)}`, ...dels] : []), ...(files.length ? [`rm -f -- ${files.map(shq).join(' ')}`] : [])].join(' && ')
+/**
+ * Frees exactly the leaks. Their veths are gone with their netns, so all that is left of them is in the store:
+ * a DEL would only remove these same files, one plugin start per pod.
+ */
+function leakFix(leaks: Leak[]): string {
+  return `rm -f -- ${leaks.flatMap((l) => l.files).map(shq).join(' ')}`
 }
 
-function checkLeaks(loaded: Loaded, binDir: string, leaks: Leak[]): Finding {
+function checkLeaks(leaks: Leak[]): Finding {
   if (!leaks.length) return ok('ipam-leaks', 'every reservation belongs to a pod whose veth is here, or to an ADD still running')
   const ips = leaks.flatMap((l) => l.ips)
   const shown = ips.slice(0, 5).join(', ') + (ips.length > 5 ? `, and ${ips.length - 5} more` : '')
@@ -254,12 +254,11 @@ function checkLeaks(loaded: Loaded, binDir: string, leaks: Leak[]): Finding {
     'ipam-leaks',
     'fail',
     `${leaks.length} reservation(s) of pods that no longer exist here (${shown}): leaked by a crash or a reboot, they end in "no IP addresses available"`,
-    leakFix(loaded, binDir, leaks),
+    leakFix(leaks),
   )
 }
 
-function checkPools(loaded: Loaded, binDir: string, store: Store, leaks: Leak[]): Finding {
-  const { conf } = loaded
+function checkPools(conf: NetConf, store: Store, leaks: Leak[]): Finding {
   let worst: Status = 'ok'
   const parts = conf.pools.map((pool) => {
     const used = store.countReserved(pool)
@@ -270,7 +269,7 @@ function checkPools(loaded: Loaded, binDir: string, store: Store, leaks: Leak[])
   })
   if (worst === 'ok') return ok('ipam-pool', parts.join(', '))
   const full = worst === 'fail' ? 'is full: new pods fail with "no IP addresses available"' : 'is over 90 % full'
-  const fix = leaks.length ? leakFix(loaded, binDir, leaks) : ''
+  const fix = leaks.length ? leakFix(leaks) : ''
   const how = leaks.length ? ' (leaked reservations can be freed)' : '; give the node a larger podCIDR, or fewer pods'
   return finding('ipam-pool', worst, `the pool ${full}: ${parts.join(', ')}${how}`, fix)
 }
@@ -427,8 +426,8 @@ export async function doctor(o: DoctorOptions): Promise<Finding[]> {
     checkForwarding(conf),
     checkBrNetfilter(conf),
     await checkMasquerade(conf, ready),
-    checkLeaks(loaded, o.binDir, leaks),
-    checkPools(loaded, o.binDir, store, leaks),
+    checkLeaks(leaks),
+    checkPools(conf, store, leaks),
     await checkRoutes(o, conf),
     await checkMtu(conf, o.confPath, links),
     checkHairpin(conf, links),
