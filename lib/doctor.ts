@@ -421,18 +421,24 @@ export async function doctor(o: DoctorOptions): Promise<Finding[]> {
   const ready = setUp(conf)
   const store = new Store(conf.dataDir, conf.name)
   const leaks = findLeaks(store, links)
+  // The checks that exec start first; the plugins' VERSION answers (synchronous) run while they do.
+  const masquerade = checkMasquerade(conf, ready)
+  const routes = checkRoutes(o, conf)
+  const mtu = checkMtu(conf, o.confPath, links)
+  const chain = checkChain(loaded, o.binDir)
+  const plugin = checkPlugin(o.binDir)
   return [
     checkBridge(conf, links, ready),
     checkForwarding(conf),
     checkBrNetfilter(conf),
-    await checkMasquerade(conf, ready),
+    await masquerade,
     checkLeaks(leaks),
     checkPools(conf, store, leaks),
-    await checkRoutes(o, conf),
-    await checkMtu(conf, o.confPath, links),
+    await routes,
+    await mtu,
     checkHairpin(conf, links),
-    checkChain(loaded, o.binDir),
-    checkPlugin(o.binDir),
+    chain,
+    plugin,
   ]
 }
 
