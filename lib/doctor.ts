@@ -422,20 +422,19 @@ export async function doctor(o: DoctorOptions): Promise<Finding[]> {
   const store = new Store(conf.dataDir, conf.name)
   const leaks = findLeaks(store, links)
   // The checks that exec start first; the plugins' VERSION answers (synchronous) run while they do.
-  const masquerade = checkMasquerade(conf, ready)
-  const routes = checkRoutes(o, conf)
-  const mtu = checkMtu(conf, o.confPath, links)
+  const pending = Promise.all([checkMasquerade(conf, ready), checkRoutes(o, conf), checkMtu(conf, o.confPath, links)])
   const chain = checkChain(loaded, o.binDir)
   const plugin = checkPlugin(o.binDir)
+  const [masquerade, routes, mtu] = await pending
   return [
     checkBridge(conf, links, ready),
     checkForwarding(conf),
     checkBrNetfilter(conf),
-    await masquerade,
+    masquerade,
     checkLeaks(leaks),
     checkPools(conf, store, leaks),
-    await routes,
-    await mtu,
+    routes,
+    mtu,
     checkHairpin(conf, links),
     chain,
     plugin,
