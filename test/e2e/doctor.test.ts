@@ -1,6 +1,6 @@
 // `kube-cni doctor`: on nodes made by plain ADDs, and in the lab, where each break-it scenario is caused, seen,
 // diagnosed, repaired with the fix doctor prints, and checked again.
-import { existsSync, mkdirSync, symlinkSync, writeFileSync } from 'node:fs'
+import { existsSync, mkdirSync, symlinkSync, utimesSync, writeFileSync } from 'node:fs'
 import { join } from 'node:path'
 import { test } from 'uvu'
 import * as assert from 'uvu/assert'
@@ -103,6 +103,29 @@ test('doctor changes nothing: links, routes, rules, sysctls and the store are th
   const r = doctorIn(a.node.ns, ['--conf', conf, '--cni-bin-dir', TMP, '--node', a.name, '--nodes-json', nodesJson])
   assert.equal(failing(r.report).map((f) => f.id), ['masquerade', 'ipam-leaks', 'routes', 'plugin'])
   assert.is(snapshot(), before)
+})
+
+test('ipam-leaks: an ADD that has only just begun (no veth yet) is not a leak; the same record left by a killed ADD is', async () => {
+  const { a } = twoNodes()
+  await a.node.addPod('c1')
+  const store = join(String(a.node.conf.dataDir), 'k8s-pod-network')
+  // What an ADD has written the moment after its first reservation, before it names its host veth.
+  writeFileSync(join(store, '10.200.1.9'), 'c9\r\neth0', { mode: 0o600 })
+  writeFileSync(join(store, 'attachments', 'c9:eth0'), JSON.stringify({ containerId: 'c9', ifname: 'eth0', ips: ['10.200.1.9'] }), { mode: 0o600 })
+  const conf = join(TMP, `conf-l-${a.node.ns}.json`)
+  writeFileSync(conf, JSON.stringify(a.node.conf))
+  const args = ['--conf', conf, '--cni-bin-dir', TMP]
+  assert.is(byId(doctorIn(a.node.ns, args).report, 'ipam-leaks').status, 'ok')
+  // A minute later nothing has touched it: its ADD died.
+  const old = new Date(Date.now() - 60_000)
+  for (const f of [join(store, '10.200.1.9'), join(store, 'attachments', 'c9:eth0')]) utimesSync(f, old, old)
+  const leak = byId(doctorIn(a.node.ns, args).report, 'ipam-leaks')
+  assert.is(leak.status, 'fail')
+  assert.match(leak.message, /^1 reservation\(s\) .*\(10\.200\.1\.9\)/)
+  runFix(a.node.ns, leak.fix)
+  assert.not.ok(existsSync(join(store, '10.200.1.9')))
+  assert.ok(existsSync(join(store, '10.200.1.2'))) // c1, alive, untouched
+  assert.is(byId(doctorIn(a.node.ns, args).report, 'ipam-leaks').status, 'ok')
 })
 
 test('human output: one line per check with ✓ ! ✗, the fix under a failed one; a missing config is a message, not a stack', async () => {
