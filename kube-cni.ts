@@ -345,10 +345,14 @@ As a CNI plugin (how a container runtime calls it):
 
 As a command:
   kube-cni routes ...   routes to the other nodes' pods (host-gw or vxlan); kube-cni routes --help
-  kube-cni lab up|down|status|demo [--nodes N] [--pods M] [--backend host-gw|vxlan] [--keep] [--explain]
+  kube-cni lab up|down|status|check|demo [--nodes N] [--pods M] [--backend host-gw|vxlan] [--keep] [--explain]
                         a virtual cluster in network namespaces
+  kube-cni lab scenarios | lab break SCENARIO [--node N]
+                        break a running lab the way real nodes break, then let doctor find it
   kube-cni conflist --network CIDR[,CIDR] (--subnet CIDR[,CIDR] | --node NAME [--kubectl PATH]) [--out FILE]
                         the node's /etc/cni/net.d/10-kube-cni.conflist (what install.sh writes)
+  kube-cni doctor [--conf FILE] [--cni-bin-dir DIR] [--node NAME] [--nodes-json FILE|- | --kubectl PATH | --kubeconfig FILE] [--json]
+                        what is wrong with this node's pod network, and the command that fixes it; kube-cni doctor --help
   kube-cni --help       this text
   kube-cni --version    the version
 
@@ -365,6 +369,7 @@ async function main(): Promise<void> {
   if (verb === 'routes') process.exitCode = await (await import('./lib/routes.ts')).routesCommand(rest)
   else if (verb === 'lab') process.exitCode = await (await import('./lib/lab.ts')).labCommand(rest)
   else if (verb === 'conflist') process.exitCode = await (await import('./lib/conflist.ts')).conflistCommand(rest)
+  else if (verb === 'doctor') process.exitCode = await (await import('./lib/doctor.ts')).doctorCommand(rest)
   else if (verb === '--version') process.stdout.write(`kube-cni ${version}\n`)
   else if (verb === '--help' || verb === '-h' || verb === undefined) process.stdout.write(USAGE)
   else {

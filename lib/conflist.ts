@@ -81,6 +81,18 @@ export async function conflistCommand(argv: string[]): Promise<number> {
 
 /** What a plugin binary answers to VERSION; a plugin that cannot answer speaks nothing we may rely on. */
 function supportedVersions(plugin: string): string[] {
+  const answer = pluginVersions(plugin)
+  if ('versions' in answer) {
+    if (!answer.versions.includes(STATUS_VERSION))
+      process.stderr.write(`kube-cni conflist: ${plugin} speaks up to ${answer.versions.at(-1)}, so the list offers ${BASE_VERSION} only (no STATUS or GC)\n`)
+    return answer.versions
+  }
+  process.stderr.write(`kube-cni conflist: ${plugin} did not answer VERSION (${answer.error}), so the list offers ${BASE_VERSION} only\n`)
+  return []
+}
+
+/** A plugin's VERSION answer: its supportedVersions, or why there is none. */
+export function pluginVersions(plugin: string): { versions: string[] } | { error: string } {
   // spawnSync, because a plugin that exits without reading stdin must not crash us with EPIPE.
   const r = spawnSync(plugin, [], {
     input: JSON.stringify({ cniVersion: BASE_VERSION }),
@@ -92,12 +104,6 @@ function supportedVersions(plugin: string): string[] {
   try {
     versions = JSON.parse(r.stdout).supportedVersions
   } catch {}
-  if (r.status === 0 && Array.isArray(versions) && versions.every((v) => typeof v === 'string')) {
-    if (!versions.includes(STATUS_VERSION))
-      process.stderr.write(`kube-cni conflist: ${plugin} speaks up to ${versions.at(-1)}, so the list offers ${BASE_VERSION} only (no STATUS or GC)\n`)
-    return versions
-  }
-  const why = r.error ? r.error.message : `exit ${r.status ?? r.signal}: ${(r.stderr ?? '').trim().slice(0, 200)}`
-  process.stderr.write(`kube-cni conflist: ${plugin} did not answer VERSION (${why}), so the list offers ${BASE_VERSION} only\n`)
-  return []
+  if (r.status === 0 && Array.isArray(versions) && versions.every((v) => typeof v === 'string')) return { versions }
+  return { error: r.error ? r.error.message : `exit ${r.status ?? r.signal}: ${(r.stderr ?? '').trim().slice(0, 200)}` }
 }

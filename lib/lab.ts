@@ -14,9 +14,10 @@ import { parseArgs } from 'node:util'
 import { CONFLIST_NAME, renderConflist } from './conflist.ts'
 import { explain } from './exec.ts'
 
-const PREFIX = 'kcl-'
-const STATE_DIR = '/run/kube-cni-lab'
-const PORT = 7777
+// A test sets its own prefix, so that it neither removes nor is removed by a lab someone else is running.
+export const PREFIX = process.env.KUBE_CNI_LAB_PREFIX || 'kcl-'
+export const STATE_DIR = PREFIX === 'kcl-' ? '/run/kube-cni-lab' : `/run/kube-cni-lab-${PREFIX.replace(/[^A-Za-z0-9]/g, '')}`
+export const PORT = 7777
 const ROUTER = `${PREFIX}router`
 const OUTSIDE = `${PREFIX}outside`
 
@@ -50,7 +51,7 @@ export interface LabOptions {
   dualStack: boolean
 }
 
-interface LabNode {
+export interface LabNode {
   name: string // as Kubernetes would call it: node1
   ns: string // its netns
   segment: Segment
@@ -59,7 +60,7 @@ interface LabNode {
   pods: { name: string; ns: string; ips: string[] }[]
 }
 
-type LabState = Omit<LabOptions, 'nodes'> & { nodes: LabNode[] }
+export type LabState = Omit<LabOptions, 'nodes'> & { nodes: LabNode[] }
 
 const familiesOf = (o: { dualStack: boolean }): Family[] => (o.dualStack ? [4, 6] : [4])
 const addrOf = (f: Family, seg: Segment, host: number) => `${FAMILIES[f].segments[seg]}${FAMILIES[f].host(host)}`
@@ -73,7 +74,7 @@ async function zx() {
 }
 
 /** The plugin itself, as this process was started (the bundle under node, or kube-cni.ts under tsx). */
-function self(): string[] {
+export function self(): string[] {
   return [process.execPath, ...process.execArgv, process.argv[1]]
 }
 
@@ -181,12 +182,14 @@ async function up(o: LabOptions): Promise<LabState> {
 
   // What install.sh does on each node, then every pod's ADD exactly as a runtime sends it.
   const vxlanMtu = o.backend === 'vxlan' ? 1450 : undefined
+  // The bin dir the break-it labs and doctor look at, as /opt/cni/bin on a node.
+  const { portmap } = (await import('./scenarios.ts')).installBinDir()
   for (const node of state.nodes) {
     const dir = join(STATE_DIR, node.name)
     mkdirSync(join(dir, 'net.d'), { recursive: true })
     const extra = { dataDir: join(dir, 'ipam'), logFile: join(dir, 'kube-cni.log'), ...(vxlanMtu ? { mtu: vxlanMtu } : {}) }
     const networks = families.map((f) => FAMILIES[f].network)
-    writeFileSync(join(dir, 'net.d', CONFLIST_NAME), renderConflist({ subnets: node.subnets, networks, extra }))
+    writeFileSync(join(dir, 'net.d', CONFLIST_NAME), renderConflist({ subnets: node.subnets, networks, portmap, extra }))
   }
   for (const node of state.nodes) {
     for (let j = 1; j <= o.pods; j++) {
@@ -205,13 +208,13 @@ async function up(o: LabOptions): Promise<LabState> {
   return state
 }
 
-function netconfOf(node: LabNode): string {
+export function netconfOf(node: LabNode): string {
   const list = JSON.parse(readFileSync(join(STATE_DIR, node.name, 'net.d', CONFLIST_NAME), 'utf8'))
   // What libcni does with a conflist: each plugin gets cniVersion and name from the list.
   return JSON.stringify({ cniVersion: list.cniVersion, name: list.name, ...list.plugins[0] })
 }
 
-function runIn(ns: string, argv: string[], env: Record<string, string>, input: string): Promise<{ code: number; stdout: string; stderr: string }> {
+export function runIn(ns: string, argv: string[], env: Record<string, string>, input: string): Promise<{ code: number; stdout: string; stderr: string }> {
   return new Promise((resolve, reject) => {
     const child = spawn('nsenter', [`--net=/var/run/netns/${ns}`, ...argv], { env: { PATH: process.env.PATH ?? '/usr/sbin:/usr/bin:/sbin:/bin', ...env } })
     let stdout = ''
@@ -307,7 +310,7 @@ export interface Report {
   outside: { family: Family; from: string; ok: boolean; seenAs: string | null }[]
 }
 
-async function report(state: LabState): Promise<Report> {
+export async function report(state: LabState): Promise<Report> {
   const pods = state.nodes.flatMap((n) => n.pods.map((p) => ({ ...p, node: n })))
   await startEchoServers([...pods.map((p) => p.ns), OUTSIDE])
   const lines: string[] = []
@@ -419,9 +422,11 @@ export async function labCommand(argv: string[]): Promise<number> {
       keep: { type: 'boolean', default: false },
       explain: { type: 'boolean', default: false },
       'dual-stack': { type: 'boolean', default: false },
+      node: { type: 'string', default: 'node1' },
     },
   })
   const verb = positionals[0] ?? 'demo'
+  if (verb === 'scenarios' || verb === 'break' || verb === 'check') return (await import('./scenarios.ts')).scenarioCommand(verb, positionals[1], o.node)
   if (process.getuid?.() !== 0) throw new Error('the lab creates network namespaces: run it as root (sudo)')
   if (o.explain) explain.enabled = true
   const opts: LabOptions = {
@@ -435,7 +440,7 @@ export async function labCommand(argv: string[]): Promise<number> {
   if (opts.backend !== 'host-gw' && opts.backend !== 'vxlan') throw new Error('--backend is host-gw or vxlan')
   if (verb === 'down') return (await down()), 0
   if (verb === 'status') return status()
-  if (verb !== 'up' && verb !== 'demo') throw new Error(`unknown lab command ${verb}: use up, down, status or demo`)
+  if (verb !== 'up' && verb !== 'demo') throw new Error(`unknown lab command ${verb}: use up, down, status, check, break, scenarios or demo`)
   const started = Date.now()
   try {
     const state = await up(opts)
