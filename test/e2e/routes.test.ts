@@ -4,8 +4,7 @@ import { spawn } from 'node:child_process'
 import { writeFileSync } from 'node:fs'
 import { test } from 'uvu'
 import * as assert from 'uvu/assert'
-import { probe, startEchoServers } from '../../lib/lab.ts'
-import { PLUGIN, cleanupAll, ipj, kubeCni, must, newNetns, nsPath } from '../helpers/cluster.ts'
+import { PLUGIN, cleanupAll, ipj, kubeCni, must, newNetns, nsPath, probe, startEchoServers } from '../helpers/cluster.ts'
 import { nodeList, podIP, routes, tryRoutes, twoNodes } from '../helpers/topology.ts'
 
 test.after.each(cleanupAll)
