@@ -103,5 +103,5 @@ export class Node {
 }
 
 export function ping(fromNs: string, to: string): boolean {
-  return sh(['ip', 'netns', 'exec', fromNs, 'ping', '-c', '1', '-W', '2', to]).code === 0
+  return sh(inNetns(fromNs, ['ping', '-c', '1', '-W', '2', to])).code === 0
 }
