@@ -20,6 +20,7 @@ import { nodeList, outsideHost, plugIn, router } from './harness/topology.ts'
 
 const PREFIX = 'kcl-'
 const STATE_DIR = '/run/kube-cni-lab'
+const PORT = 7777
 const ROUTER = `${PREFIX}router`
 const OUTSIDE = `${PREFIX}outside`
 
@@ -75,7 +76,8 @@ function self(): string[] {
   return [process.execPath, ...process.execArgv, process.argv[1]]
 }
 
-const { startEchoServers, probe } = echoWith(self())
+// For the lab's own commands: a test process is not kube-cni, so tests take theirs from test/helpers.
+export const { startEchoServers, probe } = echoWith(self())
 
 function show(line: string): void {
   if (explain.enabled) process.stderr.write(`  ${line}\n`)
@@ -189,7 +191,7 @@ export interface Report {
 
 async function report(state: LabState): Promise<Report> {
   const pods = state.nodes.flatMap((n) => n.pods.map((p) => ({ ...p, node: n })))
-  await startEchoServers([...pods.map((p) => p.ns), OUTSIDE])
+  await startEchoServers([...pods.map((p) => p.ns), OUTSIDE], PORT)
   const lines: string[] = []
   lines.push(`kube-cni lab: ${state.nodes.length} nodes, ${pods.length} pods, backend ${state.backend}${state.dualStack ? ', dual-stack' : ''}`, '')
   lines.push('Topology')
@@ -203,7 +205,7 @@ async function report(state: LabState): Promise<Report> {
   const w = Math.max(10, ...pods.map((p) => p.name.length)) + 2
   for (const f of familiesOf(state)) {
     const target = FAMILIES[f].outside.host
-    const seen = await Promise.all(pods.map((p) => probe(p.ns, [...pods.map((q) => ofFamily(q.ips, f)), target])))
+    const seen = await Promise.all(pods.map((p) => probe(p.ns, [...pods.map((q) => ofFamily(q.ips, f)), target], PORT)))
     lines.push('', `IPv${f}: pod to pod over TCP (✓ reached, ✗ not; "kept" = the server saw the client pod's own IP)`)
     lines.push(`  ${'from \\ to'.padEnd(w)}${pods.map((p) => p.name.padEnd(16)).join('')}`)
     pods.forEach((from, i) => {
@@ -268,6 +270,7 @@ function explore(state: LabState): string {
 // ---- the command ---------------------------------------------------------------------------------------
 
 export async function labCommand(argv: string[]): Promise<number> {
+  if (argv[0] === 'echo-server' || argv[0] === 'echo-probe') return echoCommand(argv[0], argv.slice(1))
   const { values: o, positionals } = parseArgs({
     args: argv,
     allowPositionals: true,
@@ -281,7 +284,6 @@ export async function labCommand(argv: string[]): Promise<number> {
     },
   })
   const verb = positionals[0] ?? 'demo'
-  if (verb === 'echo-server' || verb === 'echo-probe') return echoCommand(verb, positionals.slice(1))
   if (process.getuid?.() !== 0) throw new Error('the lab creates network namespaces: run it as root (sudo)')
   if (o.explain) explain.enabled = true
   const opts: LabOptions = {
