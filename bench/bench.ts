@@ -3,40 +3,27 @@
 // of its own. Not a test: nothing here asserts a time; it prints a table and writes bench/results/<date>.md.
 //
 //   sudo npm run bench [-- --n 50 --m 100]
-import { spawn, spawnSync } from 'node:child_process'
 import { existsSync, mkdirSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs'
 import { cpus, tmpdir, totalmem } from 'node:os'
 import { join } from 'node:path'
 import { parseArgs } from 'node:util'
+import { $ } from 'zx/core'
+import { addNetns, delNetns, inNetns, ipj, must, netnsWithPrefix, nsPath, sh } from '../lib/harness/netns.ts'
+import { type Call, callPlugin } from '../lib/harness/runtime.ts'
 
 const ROOT = join(__dirname, '..')
 const BUNDLE = join(ROOT, 'dist', 'kube-cni')
 const FLOOR = join(__dirname, 'floor.cjs')
 const TSX = join(ROOT, 'node_modules', '.bin', 'tsx')
 const REF_DIR = '/usr/lib/cni'
-const PATH = '/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin'
 const PREFIX = `kcb${process.pid}-`
 // ADD+DEL cycles per point of the scaling table: enough for a stable median on a noisy machine.
 const SCALE_SAMPLES = 25
 
 // ---- the outer process: namespaces, then itself again inside the node netns --------------------------------
 
-function sh(argv: string[], input = ''): { code: number; stdout: string; stderr: string } {
-  const r = spawnSync(argv[0], argv.slice(1), { input, encoding: 'utf8', maxBuffer: 1 << 26 })
-  return { code: r.status ?? 1, stdout: r.stdout ?? '', stderr: r.stderr ?? '' }
-}
-
-function must(argv: string[]): string {
-  const r = sh(argv)
-  if (r.code !== 0) throw new Error(`${argv.join(' ')}: ${r.stderr}`)
-  return r.stdout
-}
-
 function cleanup(): void {
-  for (const line of sh(['ip', 'netns', 'list']).stdout.split('\n')) {
-    const ns = line.split(' ')[0]
-    if (ns.startsWith(PREFIX)) sh(['ip', 'netns', 'del', ns])
-  }
+  for (const ns of netnsWithPrefix(PREFIX)) delNetns(ns)
 }
 
 function outer(argv: string[]): void {
@@ -48,46 +35,14 @@ function outer(argv: string[]): void {
   const node = `${PREFIX}node`
   process.on('exit', cleanup)
   process.on('SIGINT', () => process.exit(130))
-  must(['ip', 'netns', 'add', node])
-  must(['ip', '-n', node, 'link', 'set', 'lo', 'up'])
+  addNetns(node)
   // The measuring process itself runs in the node netns, so every plugin is spawned directly, exactly as a
   // runtime spawns it: a clean environment, no wrapper process that would blur the ratios.
-  const r = spawnSync('nsenter', [`--net=/var/run/netns/${node}`, process.execPath, ...process.execArgv, __filename, '--inside', ...argv], {
-    stdio: 'inherit',
-    env: { ...process.env, BENCH_PREFIX: PREFIX },
-  })
-  process.exitCode = r.status ?? 1
+  const r = $({ sync: true, nothrow: true, stdio: 'inherit', env: { ...process.env, BENCH_PREFIX: PREFIX } })`${inNetns(node, [process.execPath, ...process.execArgv, __filename, '--inside', ...argv])}`
+  process.exitCode = r.exitCode ?? 1
 }
 
 // ---- the inner process -------------------------------------------------------------------------------------
-
-interface Run {
-  ms: number
-  ok: boolean
-  ip?: string
-  out: string
-}
-
-function exec(argv: string[], env: Record<string, string>, input: string): Promise<Run> {
-  return new Promise((resolve) => {
-    const t0 = process.hrtime.bigint()
-    const child = spawn(argv[0], argv.slice(1), { env: { PATH, ...env } })
-    let out = ''
-    child.stdout.on('data', (d) => (out += d))
-    child.stderr.on('data', () => {})
-    child.on('close', (code) => {
-      const ms = Number(process.hrtime.bigint() - t0) / 1e6
-      let ip: string | undefined
-      try {
-        ip = JSON.parse(out).ips?.[0]?.address?.split('/')[0]
-      } catch {
-        ip = undefined
-      }
-      resolve({ ms, ok: code === 0, ip, out })
-    })
-    child.stdin.end(input)
-  })
-}
 
 interface Variant {
   name: string
@@ -99,25 +54,24 @@ interface Variant {
 let podCount = 0
 function newPod(): string {
   const ns = `${process.env.BENCH_PREFIX}p${++podCount}`
-  must(['ip', 'netns', 'add', ns])
+  addNetns(ns)
   return ns
 }
 
-const cniEnv = (command: string, id: string, ns: string) => ({
-  CNI_COMMAND: command,
-  CNI_CONTAINERID: id,
-  CNI_NETNS: `/var/run/netns/${ns}`,
-  CNI_IFNAME: 'eth0',
-  CNI_PATH: REF_DIR,
-})
-
 const containerId = (v: Variant, i: number) => `${v.name.replace(/[^a-z0-9]+/gi, '-')}-${i}`
-async function add(v: Variant, i: number, ns: string): Promise<Run> {
-  return exec(v.argv, { ...cniEnv('ADD', containerId(v, i), ns), ...v.env?.(i) }, JSON.stringify(v.conf))
+const call = (v: Variant, command: string, i: number, ns: string): Call => ({
+  command,
+  containerId: containerId(v, i),
+  netns: nsPath(ns),
+  env: { CNI_PATH: REF_DIR, ...v.env?.(i) },
+})
+/** One plugin call, timed, with the first address of its result. */
+async function exec(v: Variant, c: Call, wrapper: string[] = []) {
+  const r = await callPlugin([...wrapper, ...v.argv], c, JSON.stringify(v.conf))
+  return { ...r, ok: r.code === 0, ip: r.json?.ips?.[0]?.address?.split('/')[0] as string | undefined, out: r.stdout }
 }
-async function del(v: Variant, i: number, ns: string): Promise<Run> {
-  return exec(v.argv, { ...cniEnv('DEL', containerId(v, i), ns), ...v.env?.(i) }, JSON.stringify(v.conf))
-}
+const add = (v: Variant, i: number, ns: string) => exec(v, call(v, 'ADD', i, ns))
+const del = (v: Variant, i: number, ns: string) => exec(v, call(v, 'DEL', i, ns))
 
 function stats(xs: number[]): { p50: number; p90: number; max: number } {
   const s = [...xs].sort((a, b) => a - b)
@@ -217,13 +171,10 @@ async function inner(argv: string[]): Promise<void> {
     const runs = await Promise.all(nss.map((ns, i) => add(v, 1000 + i, ns)))
     const wall = Number(process.hrtime.bigint() - t0) / 1e6
     concurrent.set(v.name, wall)
-    const onIf = nss.map((ns) => {
-      const j = JSON.parse(sh(['ip', '-n', ns, '-j', 'addr', 'show', 'dev', 'eth0']).stdout || '[]')
-      return j[0]?.addr_info?.find((a: any) => a.family === 'inet')?.local
-    })
+    const onIf = nss.map((ns) => ipj(ns, 'addr', 'show', 'dev', 'eth0')[0]?.addr_info?.find((a: any) => a.family === 'inet')?.local)
     say(`| ${v.name} | ${fmt(wall)} | ${runs.filter((r) => !r.ok).length} | ${new Set(runs.map((r) => r.ip).filter(Boolean)).size} | ${new Set(onIf.filter(Boolean)).size} |`)
     await Promise.all(nss.map((ns, i) => del(v, 1000 + i, ns)))
-    for (const ns of nss) sh(['ip', 'netns', 'del', ns])
+    for (const ns of nss) delNetns(ns)
   }
 
   // 3. Child processes and peak memory of one ADD.
@@ -237,18 +188,17 @@ async function inner(argv: string[]): Promise<void> {
   for (const v of variants) {
     const ns = newPod()
     const trace = join(tmp, 'strace.out')
-    const env = { PATH, ...cniEnv('ADD', containerId(v, 7777), ns), ...v.env?.(7777) }
     const hasStrace = sh(['which', 'strace']).code === 0
     if (hasStrace) {
-      spawnSync('strace', ['-f', '-qq', '-e', 'trace=execve', '-o', trace, ...v.argv], { env, input: JSON.stringify(v.conf) })
+      await exec(v, call(v, 'ADD', 7777, ns), ['strace', '-f', '-qq', '-e', 'trace=execve', '-o', trace])
       const pids = new Set(readFileSync(trace, 'utf8').split('\n').filter((l) => l.includes('execve(') && !l.includes('ENOENT')).map((l) => l.split(' ')[0]))
       children.set(v.name, pids.size - 1)
     }
-    spawnSync(v.argv[0], v.argv.slice(1), { env: { ...env, CNI_COMMAND: 'DEL' }, input: JSON.stringify(v.conf) })
-    const timed = spawnSync('/usr/bin/time', ['-f', '%M', ...v.argv], { env: { ...env, CNI_CONTAINERID: containerId(v, 7778) }, input: JSON.stringify(v.conf), encoding: 'utf8' })
-    const kb = Number(timed.stderr?.trim().split('\n').pop())
+    await del(v, 7777, ns)
+    const timed = await exec(v, call(v, 'ADD', 7778, ns), ['/usr/bin/time', '-f', '%M'])
+    const kb = Number(timed.stderr.trim().split('\n').pop())
     if (kb) rss.set(v.name, kb / 1024)
-    spawnSync(v.argv[0], v.argv.slice(1), { env: { ...env, CNI_CONTAINERID: containerId(v, 7778), CNI_COMMAND: 'DEL' }, input: JSON.stringify(v.conf) })
+    await del(v, 7778, ns)
     say(`| ${v.name} | ${children.get(v.name) ?? 'no strace'} | ${rss.has(v.name) ? `${rss.get(v.name)!.toFixed(1)} MB` : 'no /usr/bin/time'} |`)
   }
 
@@ -267,7 +217,7 @@ async function inner(argv: string[]): Promise<void> {
       ms.push(a.ms)
       await del(v, 50_000 + i, ns)
     }
-    sh(['ip', 'netns', 'del', ns])
+    delNetns(ns)
     return stats(ms).p50
   }
   const fill: Variant = { name: 'fill', argv: [BUNDLE], conf: kube('fill', 'cni4', '10.205.0.0/16', '10.205.1.0/24') }

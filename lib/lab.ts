@@ -7,12 +7,16 @@
 //   --dual-stack adds IPv6 everywhere: 2001:db8:a::/64 and 2001:db8:b::/64, pods fd00:200:0:N::/64.
 //
 // The addresses are the documentation ranges (RFC 5737, RFC 3849): they exist only inside the lab.
-import { spawn } from 'node:child_process'
 import { existsSync, mkdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs'
 import { join } from 'node:path'
 import { parseArgs } from 'node:util'
+import { $ } from 'zx/core'
 import { CONFLIST_NAME, renderConflist } from './conflist.ts'
 import { explain } from './exec.ts'
+import { echoCommand, echoWith } from './harness/echo.ts'
+import { addNetns, delNetns, inNetns, netnsWithPrefix, nsPath } from './harness/netns.ts'
+import { callPlugin } from './harness/runtime.ts'
+import { nodeList, outsideHost, plugIn, router } from './harness/topology.ts'
 
 // A test sets its own prefix, so that it neither removes nor is removed by a lab someone else is running.
 export const PREFIX = process.env.KUBE_CNI_LAB_PREFIX || 'kcl-'
@@ -68,53 +72,16 @@ const ofFamily = (ips: string[], f: Family) => ips.find((ip) => ip.includes(':')
 
 // ---- running things ------------------------------------------------------------------------------------
 
-async function zx() {
-  const { $ } = await import('zx/core')
-  return $({ quiet: true })
-}
-
 /** The plugin itself, as this process was started (the bundle under node, or kube-cni.ts under tsx). */
 export function self(): string[] {
   return [process.execPath, ...process.execArgv, process.argv[1]]
 }
 
+// For the lab's own commands: a test process is not kube-cni, so tests take theirs from test/helpers.
+export const { startEchoServers, probe } = echoWith(self())
+
 function show(line: string): void {
   if (explain.enabled) process.stderr.write(`  ${line}\n`)
-}
-
-async function ipIn(ns: string, ...args: string[]): Promise<void> {
-  const $ = await zx()
-  show(`ip -n ${ns} ${args.join(' ')}`)
-  await $`ip -n ${ns} ${args}`
-}
-
-/** An address with its family's prefix length; IPv6 skips duplicate address detection, as pods do. */
-async function addrAdd(ns: string, dev: string, f: Family, ip: string): Promise<void> {
-  await ipIn(ns, 'addr', 'add', `${ip}/${FAMILIES[f].prefix}`, 'dev', dev, ...(f === 6 ? ['nodad'] : []))
-}
-
-async function sysctl(ns: string, key: string): Promise<void> {
-  const $ = await zx()
-  show(`ip netns exec ${ns} sysctl -w ${key}=1`)
-  await $`ip netns exec ${ns} sysctl -qw ${key}=1`
-}
-
-async function addNetns(ns: string): Promise<void> {
-  const $ = await zx()
-  show(`ip netns add ${ns}`)
-  await $`ip netns add ${ns}`
-  await ipIn(ns, 'link', 'set', 'lo', 'up')
-}
-
-/** A veth from the router's segment bridge into the node as eth0, with its addresses and default routes. */
-async function plugIn(node: LabNode, families: Family[]): Promise<void> {
-  await ipIn(ROUTER, 'link', 'add', node.name, 'type', 'veth', 'peer', 'name', 'eth0', 'netns', node.ns)
-  await ipIn(ROUTER, 'link', 'set', node.name, 'master', `seg${node.segment}`, 'up')
-  await ipIn(node.ns, 'link', 'set', 'eth0', 'up')
-  for (const f of families) {
-    await addrAdd(node.ns, 'eth0', f, ofFamily(node.ips, f))
-    await ipIn(node.ns, `-${f}`, 'route', 'add', 'default', 'via', addrOf(f, node.segment, ROUTER_HOST))
-  }
 }
 
 // ---- up ------------------------------------------------------------------------------------------------
@@ -135,18 +102,6 @@ export function planLab(o: LabOptions): LabState {
   return { ...o, nodes }
 }
 
-export function nodeList(state: LabState): object {
-  return {
-    apiVersion: 'v1',
-    kind: 'NodeList',
-    items: state.nodes.map((n) => ({
-      metadata: { name: n.name },
-      spec: { podCIDR: n.subnets[0], podCIDRs: n.subnets },
-      status: { addresses: [...n.ips.map((address) => ({ type: 'InternalIP', address })), { type: 'Hostname', address: n.name }] },
-    })),
-  }
-}
-
 async function up(o: LabOptions): Promise<LabState> {
   await down(true)
   const state = planLab(o)
@@ -155,29 +110,17 @@ async function up(o: LabOptions): Promise<LabState> {
   const families = familiesOf(o)
 
   // The underlay: a router netns holding both segments' switches and the link to the outside host.
-  await addNetns(ROUTER)
-  await addNetns(OUTSIDE)
-  await sysctl(ROUTER, 'net.ipv4.ip_forward')
-  if (o.dualStack) await sysctl(ROUTER, 'net.ipv6.conf.all.forwarding')
-  for (const seg of ['A', 'B'] as Segment[]) {
-    await ipIn(ROUTER, 'link', 'add', `seg${seg}`, 'type', 'bridge')
-    await ipIn(ROUTER, 'link', 'set', `seg${seg}`, 'up')
-    for (const f of families) await addrAdd(ROUTER, `seg${seg}`, f, addrOf(f, seg, ROUTER_HOST))
-  }
-  await ipIn(ROUTER, 'link', 'add', 'out', 'type', 'veth', 'peer', 'name', 'eth0', 'netns', OUTSIDE)
-  await ipIn(ROUTER, 'link', 'set', 'out', 'up')
-  await ipIn(OUTSIDE, 'link', 'set', 'eth0', 'up')
-  for (const f of families) {
-    const out = FAMILIES[f].outside
-    await addrAdd(ROUTER, 'out', f, out.router)
-    await addrAdd(OUTSIDE, 'eth0', f, out.host)
-    // The outside host knows the nodes' networks but not the pods': pods reach it only when masqueraded.
-    for (const seg of ['A', 'B'] as Segment[]) await ipIn(OUTSIDE, 'route', 'add', `${addrOf(f, seg, 0)}/${FAMILIES[f].prefix}`, 'via', out.router)
-  }
+  const gateways = (seg: Segment) => families.map((f) => addrOf(f, seg, ROUTER_HOST))
+  addNetns(ROUTER)
+  addNetns(OUTSIDE)
+  router(ROUTER, { A: gateways('A'), B: gateways('B') })
+  // The outside host knows the nodes' networks but not the pods': pods reach it only when masqueraded.
+  const segmentNets = families.flatMap((f) => (['A', 'B'] as Segment[]).map((seg) => `${addrOf(f, seg, 0)}/${FAMILIES[f].prefix}`))
+  outsideHost(ROUTER, OUTSIDE, families.map((f) => FAMILIES[f].outside), segmentNets)
 
   for (const node of state.nodes) {
-    await addNetns(node.ns)
-    await plugIn(node, families)
+    addNetns(node.ns)
+    plugIn(ROUTER, node.segment, node, gateways(node.segment))
   }
 
   // What install.sh does on each node, then every pod's ADD exactly as a runtime sends it.
@@ -195,14 +138,14 @@ async function up(o: LabOptions): Promise<LabState> {
     for (let j = 1; j <= o.pods; j++) {
       const short = `${node.name.replace('node', 'n')}`
       const pod = { name: `${short}-p${j}`, ns: `${PREFIX}${short}p${j}`, ips: [] as string[] }
-      await addNetns(pod.ns)
+      addNetns(pod.ns)
       const result = await cniAdd(node, pod)
       pod.ips = result.ips.map((i: { address: string }) => i.address.split('/')[0])
       node.pods.push(pod)
     }
   }
 
-  writeFileSync(join(STATE_DIR, 'nodes.json'), JSON.stringify(nodeList(state), null, 2))
+  writeFileSync(join(STATE_DIR, 'nodes.json'), JSON.stringify(nodeList(state.nodes), null, 2))
   for (const node of state.nodes) await runRoutes(node, o.backend)
   writeFileSync(join(STATE_DIR, 'state.json'), JSON.stringify(state, null, 2))
   return state
@@ -214,95 +157,34 @@ export function netconfOf(node: LabNode): string {
   return JSON.stringify({ cniVersion: list.cniVersion, name: list.name, ...list.plugins[0] })
 }
 
-export function runIn(ns: string, argv: string[], env: Record<string, string>, input: string): Promise<{ code: number; stdout: string; stderr: string }> {
-  return new Promise((resolve, reject) => {
-    const child = spawn('nsenter', [`--net=/var/run/netns/${ns}`, ...argv], { env: { PATH: process.env.PATH ?? '/usr/sbin:/usr/bin:/sbin:/bin', ...env } })
-    let stdout = ''
-    let stderr = ''
-    child.stdout.on('data', (d) => (stdout += d))
-    child.stderr.on('data', (d) => {
-      stderr += d
-      if (explain.enabled) process.stderr.write(d)
-    })
-    child.on('error', reject)
-    child.on('close', (code) => resolve({ code: code ?? 1, stdout, stderr }))
-    child.stdin.on('error', () => {}) // a command that reads no stdin may exit before we close it
-    child.stdin.end(input)
-  })
-}
-
 async function cniAdd(node: LabNode, pod: { name: string; ns: string }): Promise<any> {
   show(`# ADD ${pod.name} on ${node.name}: the runtime execs kube-cni in the node's netns`)
-  const env = {
-    CNI_COMMAND: 'ADD',
-    CNI_CONTAINERID: `lab-${pod.name}`,
-    CNI_NETNS: `/var/run/netns/${pod.ns}`,
-    CNI_IFNAME: 'eth0',
-    CNI_PATH: '/opt/cni/bin',
-    CNI_ARGS: `IgnoreUnknown=1;K8S_POD_NAMESPACE=lab;K8S_POD_NAME=${pod.name}`,
-    ...(explain.enabled ? { KUBE_CNI_EXPLAIN: '1' } : {}),
-  }
-  const r = await runIn(node.ns, self(), env, netconfOf(node))
+  const r = await callPlugin(
+    self(),
+    {
+      command: 'ADD',
+      containerId: `lab-${pod.name}`,
+      netns: nsPath(pod.ns),
+      args: `IgnoreUnknown=1;K8S_POD_NAMESPACE=lab;K8S_POD_NAME=${pod.name}`,
+      env: explain.enabled ? { KUBE_CNI_EXPLAIN: '1' } : {},
+    },
+    netconfOf(node),
+    node.ns,
+  )
+  if (explain.enabled) process.stderr.write(r.stderr)
   if (r.code !== 0) throw new Error(`ADD ${pod.name} failed: ${r.stdout}${r.stderr}`)
-  return JSON.parse(r.stdout)
+  return r.json
 }
 
 async function runRoutes(node: LabNode, backend: string): Promise<void> {
   show(`# kube-cni routes on ${node.name}`)
   const args = ['routes', '--node', node.name, '--nodes-json', join(STATE_DIR, 'nodes.json'), '--backend', backend, ...(explain.enabled ? ['--explain'] : [])]
-  const r = await runIn(node.ns, [...self(), ...args], {}, '')
-  if (r.code !== 0) throw new Error(`kube-cni routes on ${node.name} failed: ${r.stderr}`)
+  const r = await $({ quiet: true, nothrow: true })`${inNetns(node.ns, [...self(), ...args])}`
+  if (explain.enabled) process.stderr.write(r.stderr)
+  if (r.exitCode !== 0) throw new Error(`kube-cni routes on ${node.name} failed: ${r.stderr}`)
 }
 
 // ---- the report ----------------------------------------------------------------------------------------
-
-// A TCP echo that answers each connection with the address it saw the connection come from.
-const ECHO_SERVER = `require('net').createServer((s) => s.end(s.remoteAddress.replace(/^::ffff:/, '') + '\\n')).listen(Number(process.argv[1]), '::')`
-// Connects to each target in turn and prints {target: seen source, or null when unreachable}. A target gets
-// three tries: the first packet to a new neighbour can be lost while IPv6 neighbour discovery settles, and
-// the question asked here is which address the server sees, not how fast the first SYN gets through.
-const ECHO_CLIENT = `
-const net = require('net')
-const once = (host) => new Promise((done) => {
-  const s = net.connect({ host, port: Number(process.argv[1]), timeout: 1500 })
-  let seen = ''
-  s.on('data', (d) => (seen += d))
-  s.on('end', () => done(seen.trim() || null))
-  s.on('timeout', () => { s.destroy(); done(null) })
-  s.on('error', () => done(null))
-})
-const one = async (host) => {
-  for (let i = 0; i < 3; i++) {
-    const seen = await once(host)
-    if (seen !== null) return seen
-    await new Promise((r) => setTimeout(r, 300))
-  }
-  return null
-}
-;(async () => {
-  const out = {}
-  for (const host of process.argv.slice(2)) out[host] = await one(host)
-  process.stdout.write(JSON.stringify(out))
-})()`
-
-export async function startEchoServers(namespaces: string[], port = PORT): Promise<void> {
-  for (const ns of namespaces) {
-    const child = spawn('nsenter', [`--net=/var/run/netns/${ns}`, process.execPath, '-e', ECHO_SERVER, String(port)], { detached: true, stdio: 'ignore' })
-    child.unref()
-  }
-  // Wait until every server listens: the first probe of each may race its start-up.
-  for (let i = 0; i < 50; i++) {
-    const listening = await Promise.all(namespaces.map((ns) => runIn(ns, ['ss', '-Hltn', `sport = :${port}`], {}, '')))
-    if (listening.every((r) => r.stdout.trim())) return
-    await new Promise((r) => setTimeout(r, 50))
-  }
-  throw new Error('the echo servers did not start')
-}
-
-export async function probe(ns: string, targets: string[], port = PORT): Promise<Record<string, string | null>> {
-  const r = await runIn(ns, [process.execPath, '-e', ECHO_CLIENT, String(port), ...targets], {}, '')
-  return JSON.parse(r.stdout)
-}
 
 export interface Report {
   text: string
@@ -312,7 +194,7 @@ export interface Report {
 
 export async function report(state: LabState): Promise<Report> {
   const pods = state.nodes.flatMap((n) => n.pods.map((p) => ({ ...p, node: n })))
-  await startEchoServers([...pods.map((p) => p.ns), OUTSIDE])
+  await startEchoServers([...pods.map((p) => p.ns), OUTSIDE], PORT)
   const lines: string[] = []
   lines.push(`kube-cni lab: ${state.nodes.length} nodes, ${pods.length} pods, backend ${state.backend}${state.dualStack ? ', dual-stack' : ''}`, '')
   lines.push('Topology')
@@ -326,7 +208,7 @@ export async function report(state: LabState): Promise<Report> {
   const w = Math.max(10, ...pods.map((p) => p.name.length)) + 2
   for (const f of familiesOf(state)) {
     const target = FAMILIES[f].outside.host
-    const seen = await Promise.all(pods.map((p) => probe(p.ns, [...pods.map((q) => ofFamily(q.ips, f)), target])))
+    const seen = await Promise.all(pods.map((p) => probe(p.ns, [...pods.map((q) => ofFamily(q.ips, f)), target], PORT)))
     lines.push('', `IPv${f}: pod to pod over TCP (✓ reached, ✗ not; "kept" = the server saw the client pod's own IP)`)
     lines.push(`  ${'from \\ to'.padEnd(w)}${pods.map((p) => p.name.padEnd(16)).join('')}`)
     pods.forEach((from, i) => {
@@ -353,31 +235,10 @@ export async function report(state: LabState): Promise<Report> {
 
 // ---- down and status -----------------------------------------------------------------------------------
 
-async function labNamespaces(): Promise<string[]> {
-  const $ = await zx()
-  const out = await $`ip netns list`
-  return out.stdout
-    .split('\n')
-    .map((l) => l.split(' ')[0])
-    .filter((n) => n.startsWith(PREFIX))
-}
-
 /** Removes every kcl-* netns (a crashed lab's too) and the processes inside them. */
 export async function down(quiet = false): Promise<number> {
-  const $ = await zx()
-  const namespaces = await labNamespaces()
-  for (const ns of namespaces) {
-    const pids = (await $`ip netns pids ${ns}`.nothrow()).stdout.split('\n').filter(Boolean)
-    for (const pid of pids) {
-      try {
-        process.kill(Number(pid), 'SIGKILL')
-      } catch {
-        // already gone
-      }
-    }
-    show(`ip netns del ${ns}`)
-    await $`ip netns del ${ns}`.nothrow()
-  }
+  const namespaces = netnsWithPrefix(PREFIX)
+  for (const ns of namespaces) delNetns(ns)
   rmSync(STATE_DIR, { recursive: true, force: true })
   if (!quiet) process.stderr.write(`kube-cni lab: removed ${namespaces.length} network namespaces\n`)
   return namespaces.length
@@ -412,6 +273,7 @@ function explore(state: LabState): string {
 // ---- the command ---------------------------------------------------------------------------------------
 
 export async function labCommand(argv: string[]): Promise<number> {
+  if (argv[0] === 'echo-server' || argv[0] === 'echo-probe') return echoCommand(argv[0], argv.slice(1))
   const { values: o, positionals } = parseArgs({
     args: argv,
     allowPositionals: true,

@@ -7,7 +7,9 @@ import { join } from 'node:path'
 import { CONFLIST_NAME, pluginVersions } from './conflist.ts'
 import { formatAddress } from './ip.ts'
 import { parseNetConf } from './netconf.ts'
-import { type LabNode, type LabState, PORT, PREFIX, STATE_DIR, netconfOf, probe, runIn, self, startEchoServers } from './lab.ts'
+import { type LabNode, type LabState, PORT, PREFIX, STATE_DIR, netconfOf, probe, self, startEchoServers } from './lab.ts'
+import { callPlugin } from './harness/runtime.ts'
+import { sh as attempt, inNetns, ipj, must } from './harness/netns.ts'
 
 export interface Scenario {
   name: string
@@ -21,19 +23,13 @@ export interface Scenario {
 
 const BIN_DIR = join(STATE_DIR, 'bin')
 
-async function sh(ns: string, ...argv: string[]): Promise<string> {
-  const r = await runIn(ns, argv, {}, '')
-  if (r.code !== 0) throw new Error(`${argv.join(' ')} in ${ns}: ${r.stderr.trim()}`)
-  return r.stdout
-}
-
-async function ipj(ns: string, ...args: string[]): Promise<any[]> {
-  const out = await sh(ns, 'ip', '-j', ...args)
-  return out.trim() ? JSON.parse(out) : []
+/** A command in a lab netns; it throws with the command's stderr when it fails. */
+function sh(ns: string, ...argv: string[]): string {
+  return must(inNetns(ns, argv))
 }
 
 const confOf = (node: LabNode) => parseNetConf(netconfOf(node))
-const podPorts = async (node: LabNode) => (await ipj(node.ns, 'link', 'show', 'master', 'cni0')).map((l) => l.ifname as string)
+const podPorts = async (node: LabNode) => (ipj(node.ns, 'link', 'show', 'master', 'cni0')).map((l: any) => l.ifname as string)
 
 export const SCENARIOS: Scenario[] = [
   {
@@ -64,8 +60,8 @@ export const SCENARIOS: Scenario[] = [
     async break(state, node) {
       const conf = confOf(node)
       const i = state.nodes.indexOf(node) + 1
-      await sh(node.ns, 'ip', 'addr', 'del', `${formatAddress(4, conf.pools[0].gateway)}/${conf.pools[0].subnet.prefix}`, 'dev', conf.bridge)
-      await sh(node.ns, 'ip', 'addr', 'add', `10.200.${100 + i}.1/24`, 'dev', conf.bridge)
+      sh(node.ns, 'ip', 'addr', 'del', `${formatAddress(4, conf.pools[0].gateway)}/${conf.pools[0].subnet.prefix}`, 'dev', conf.bridge)
+      sh(node.ns, 'ip', 'addr', 'add', `10.200.${100 + i}.1/24`, 'dev', conf.bridge)
     },
   },
   {
@@ -74,7 +70,7 @@ export const SCENARIOS: Scenario[] = [
     symptom: 'matrix',
     finding: 'forwarding',
     async break(_state, node) {
-      await sh(node.ns, 'sysctl', '-qw', 'net.ipv4.ip_forward=0')
+      sh(node.ns, 'sysctl', '-qw', 'net.ipv4.ip_forward=0')
     },
   },
   {
@@ -84,7 +80,7 @@ export const SCENARIOS: Scenario[] = [
     finding: 'br-netfilter',
     async break(_state, node) {
       // Per netns: the lab node's own switch, never the module and never the host's.
-      await sh(node.ns, 'sysctl', '-qw', 'net.bridge.bridge-nf-call-iptables=0')
+      sh(node.ns, 'sysctl', '-qw', 'net.bridge.bridge-nf-call-iptables=0')
     },
   },
   {
@@ -94,7 +90,7 @@ export const SCENARIOS: Scenario[] = [
     finding: 'masquerade',
     async break(state, node) {
       for (const tool of state.dualStack ? ['iptables', 'ip6tables'] : ['iptables'])
-        for (const table of ['filter', 'nat']) for (const op of ['-F', '-X']) await sh(node.ns, tool, '-w', '-t', table, op)
+        for (const table of ['filter', 'nat']) for (const op of ['-F', '-X']) sh(node.ns, tool, '-w', '-t', table, op)
     },
   },
   {
@@ -105,11 +101,11 @@ export const SCENARIOS: Scenario[] = [
     async break(state, node) {
       const peer = state.nodes.find((n) => n !== node)
       if (!peer) throw new Error('stale-route needs a lab of two nodes or more')
-      const [route] = await ipj(node.ns, 'route', 'show', peer.subnets[0], 'proto', '211')
+      const [route] = ipj(node.ns, 'route', 'show', peer.subnets[0], 'proto', '211')
       const onlink = route?.dev === 'kube-cni.1' ? ['dev', 'kube-cni.1', 'onlink'] : []
       const gone = onlink.length ? '10.200.99.0' : `${node.ips[0].split('.').slice(0, 3).join('.')}.99`
-      await sh(node.ns, 'ip', 'route', 'replace', peer.subnets[0], 'via', gone, ...onlink, 'proto', '211')
-      await sh(node.ns, 'ip', 'route', 'replace', '10.200.99.0/24', 'via', gone, ...onlink, 'proto', '211')
+      sh(node.ns, 'ip', 'route', 'replace', peer.subnets[0], 'via', gone, ...onlink, 'proto', '211')
+      sh(node.ns, 'ip', 'route', 'replace', '10.200.99.0/24', 'via', gone, ...onlink, 'proto', '211')
     },
   },
   {
@@ -120,7 +116,7 @@ export const SCENARIOS: Scenario[] = [
     async break(state, node) {
       const peer = state.nodes.find((n) => n !== node)
       if (!peer) throw new Error('missing-route needs a lab of two nodes or more')
-      await sh(node.ns, 'ip', 'route', 'del', peer.subnets[0], 'proto', '211')
+      sh(node.ns, 'ip', 'route', 'del', peer.subnets[0], 'proto', '211')
     },
   },
   {
@@ -130,8 +126,8 @@ export const SCENARIOS: Scenario[] = [
     finding: 'mtu',
     async break(state, node) {
       if (state.backend !== 'vxlan') throw new Error('mtu-blackhole needs the VXLAN overlay: kube-cni lab up --backend vxlan')
-      for (const veth of await podPorts(node)) await sh(node.ns, 'ip', 'link', 'set', 'dev', veth, 'mtu', '1500')
-      for (const pod of node.pods) await sh(pod.ns, 'ip', 'link', 'set', 'dev', 'eth0', 'mtu', '1500')
+      for (const veth of await podPorts(node)) sh(node.ns, 'ip', 'link', 'set', 'dev', veth, 'mtu', '1500')
+      for (const pod of node.pods) sh(pod.ns, 'ip', 'link', 'set', 'dev', 'eth0', 'mtu', '1500')
     },
   },
   {
@@ -150,7 +146,7 @@ export const SCENARIOS: Scenario[] = [
     symptom: 'hairpin',
     finding: 'hairpin',
     async break(_state, node) {
-      for (const veth of await podPorts(node)) await sh(node.ns, 'ip', 'link', 'set', 'dev', veth, 'type', 'bridge_slave', 'hairpin', 'off')
+      for (const veth of await podPorts(node)) sh(node.ns, 'ip', 'link', 'set', 'dev', veth, 'type', 'bridge_slave', 'hairpin', 'off')
     },
   },
 ]
@@ -198,8 +194,8 @@ async function serviceChecks(node: LabNode): Promise<Check[]> {
     'COMMIT',
   ].join('\n')
   const jumps = [['PREROUTING', 'KCL-SVC'], ['POSTROUTING', 'KCL-SVC-POST']]
-  await runIn(node.ns, ['iptables-restore', '-w', '--noflush'], {}, `${rules}\n`)
-  for (const [chain, to] of jumps) await sh(node.ns, 'iptables', '-w', '-t', 'nat', '-I', chain, '-j', to)
+  attempt(inNetns(node.ns, ['iptables-restore', '-w', '--noflush']), `${rules}\n`)
+  for (const [chain, to] of jumps) sh(node.ns, 'iptables', '-w', '-t', 'nat', '-I', chain, '-j', to)
   try {
     const seen = await probe(p1.ns, [VIP, VIP_SELF])
     return [
@@ -207,8 +203,8 @@ async function serviceChecks(node: LabNode): Promise<Check[]> {
       { name: 'hairpin', node: node.name, ok: seen[VIP_SELF] !== null, detail: `${p1.name} → Service ${VIP_SELF} (endpoint ${p1.name} itself)` },
     ]
   } finally {
-    for (const [chain, to] of jumps) await runIn(node.ns, ['iptables', '-w', '-t', 'nat', '-D', chain, '-j', to], {}, '')
-    for (const chain of ['KCL-SVC', 'KCL-SVC-POST']) for (const op of ['-F', '-X']) await runIn(node.ns, ['iptables', '-w', '-t', 'nat', op, chain], {}, '')
+    for (const [chain, to] of jumps) attempt(inNetns(node.ns, ['iptables', '-w', '-t', 'nat', '-D', chain, '-j', to]))
+    for (const chain of ['KCL-SVC', 'KCL-SVC-POST']) for (const op of ['-F', '-X']) attempt(inNetns(node.ns, ['iptables', '-w', '-t', 'nat', op, chain]))
   }
 }
 
@@ -218,9 +214,9 @@ async function fullSizeCheck(state: LabState, node: LabNode): Promise<Check[]> {
   const [from] = node.pods
   if (!peer) return []
   const to = peer.pods[0]
-  const [link] = await ipj(from.ns, 'link', 'show', 'dev', 'eth0')
+  const [link] = ipj(from.ns, 'link', 'show', 'dev', 'eth0')
   const size = link.mtu - 28
-  const r = await runIn(from.ns, ['ping', '-c', '2', '-W', '2', '-M', 'do', '-s', String(size), to.ips[0]], {}, '')
+  const r = attempt(inNetns(from.ns, ['ping', '-c', '2', '-W', '2', '-M', 'do', '-s', String(size), to.ips[0]]))
   return [{ name: 'full-size packets', node: node.name, ok: r.code === 0, detail: `${from.name} → ${to.name}, ${link.mtu} bytes with DF` }]
 }
 
@@ -244,15 +240,15 @@ export async function labChecks(state: LabState): Promise<Check[]> {
 /** A runtime's ADD of one more pod, then its DEL: the symptom of a full pool. It changes the node (ADD repairs). */
 export async function newPodCheck(node: LabNode): Promise<Check> {
   const ns = `${PREFIX}${node.name.replace('node', 'n')}probe`
-  await runIn(node.ns, ['ip', 'netns', 'add', ns], {}, '')
-  const env = { CNI_CONTAINERID: 'lab-probe', CNI_NETNS: `/var/run/netns/${ns}`, CNI_IFNAME: 'eth0', CNI_PATH: BIN_DIR }
+  must(['ip', 'netns', 'add', ns])
+  const call = { containerId: 'lab-probe', netns: `/var/run/netns/${ns}`, ifname: 'eth0', env: { CNI_PATH: BIN_DIR } }
   try {
-    const r = await runIn(node.ns, self(), { ...env, CNI_COMMAND: 'ADD' }, netconfOf(node))
-    const error = r.code === 0 ? '' : `: ${JSON.parse(r.stdout || '{}').msg ?? r.stderr.trim()}`
+    const r = await callPlugin(self(), { ...call, command: 'ADD' }, netconfOf(node), node.ns)
+    const error = r.code === 0 ? '' : `: ${r.json?.msg ?? r.stderr.trim()}`
     return { name: 'new pod', node: node.name, ok: r.code === 0, detail: `a new pod on ${node.name} gets an address${error}` }
   } finally {
-    await runIn(node.ns, self(), { ...env, CNI_COMMAND: 'DEL' }, netconfOf(node))
-    await runIn(node.ns, ['ip', 'netns', 'del', ns], {}, '')
+    await callPlugin(self(), { ...call, command: 'DEL' }, netconfOf(node), node.ns)
+    attempt(['ip', 'netns', 'del', ns])
   }
 }
 

@@ -3,8 +3,7 @@ import { mkdirSync, readdirSync, writeFileSync } from 'node:fs'
 import { join } from 'node:path'
 import { test } from 'uvu'
 import * as assert from 'uvu/assert'
-import { probe, startEchoServers } from '../../lib/lab.ts'
-import { Node, cleanupAll, ipj, nsPath, sh } from '../helpers/cluster.ts'
+import { Node, cleanupAll, ipj, nsPath, probe, sh, startEchoServers } from '../helpers/cluster.ts'
 import { podIP, routes, twoNodes } from '../helpers/topology.ts'
 
 test.after.each(cleanupAll)

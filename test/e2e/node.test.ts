@@ -3,10 +3,9 @@
 // sees: the node's IP when the masquerade works, nothing when forwarding or NAT is broken.
 import { test } from 'uvu'
 import * as assert from 'uvu/assert'
-import { probe, startEchoServers } from '../../lib/lab.ts'
 import { mkdirSync, rmSync, symlinkSync } from 'node:fs'
 import { join } from 'node:path'
-import { Node, PLUGIN, TMP, cleanupAll, ipj, must, nsPath, sh } from '../helpers/cluster.ts'
+import { Node, PLUGIN, TMP, cleanupAll, ipj, must, nsPath, probe, sh, startEchoServers } from '../helpers/cluster.ts'
 import { type Member, podIP, twoNodes } from '../helpers/topology.ts'
 
 test.after.each(cleanupAll)

@@ -4,7 +4,7 @@ import { existsSync, readdirSync } from 'node:fs'
 import { join } from 'node:path'
 import { test } from 'uvu'
 import * as assert from 'uvu/assert'
-import { Node, cleanupAll, delNetns, ipj, nsPath, ping } from '../helpers/cluster.ts'
+import { Node, cleanupAll, delNetns, ipj, must, nsPath, ping } from '../helpers/cluster.ts'
 
 test.after.each(cleanupAll)
 
@@ -56,7 +56,7 @@ for (const version of ['0.3.0', '0.3.1', '0.4.0', '1.0.0', '1.1.0']) {
     const [def] = ipj(pod, 'route', 'show', 'default')
     assert.is(def.gateway, '10.200.1.1')
     assert.is(def.dev, 'eth0')
-    const [slave] = JSON.parse(require('node:child_process').execFileSync('ip', ['-n', node.ns, '-j', '-d', 'link', 'show', 'dev', hostVeth.name], { encoding: 'utf8' }))
+    const [slave] = ipj(node.ns, '-d', 'link', 'show', 'dev', hostVeth.name)
     assert.is(slave.linkinfo.info_slave_data.hairpin, true)
 
     if (version !== '0.3.0' && version !== '0.3.1') {
@@ -86,12 +86,12 @@ test('CHECK is refused below 0.4.0 with code 1, as libcni does', async () => {
 
 test('a bridge made by hand before kube-cni (the bash tutorial\'s cni0) still gets the node rules, once', async () => {
   const node = new Node()
-  require('node:child_process').execFileSync('ip', ['-n', node.ns, 'link', 'add', 'cni0', 'type', 'bridge'])
+  must(['ip', '-n', node.ns, 'link', 'add', 'cni0', 'type', 'bridge'])
   await node.addPod('a')
   await node.addPod('b')
-  const nat = require('node:child_process').execFileSync('ip', ['netns', 'exec', node.ns, 'iptables-save', '-t', 'nat'], { encoding: 'utf8' })
+  const nat = must(['ip', 'netns', 'exec', node.ns, 'iptables-save', '-t', 'nat'])
   assert.is(nat.split('\n').filter((l: string) => l.startsWith('-A POSTROUTING -s 10.200.1.0/24 -j KUBE-CNI-MASQ')).length, 1)
-  assert.is(require('node:child_process').execFileSync('ip', ['netns', 'exec', node.ns, 'sysctl', '-n', 'net.ipv4.ip_forward'], { encoding: 'utf8' }).trim(), '1')
+  assert.is(must(['ip', 'netns', 'exec', node.ns, 'sysctl', '-n', 'net.ipv4.ip_forward']).trim(), '1')
   const [br] = node.ip('addr', 'show', 'dev', 'cni0')
   assert.ok(br.addr_info.some((a: any) => a.local === '10.200.1.1'), 'the hand-made bridge got the gateway address')
 })
@@ -160,7 +160,7 @@ test('ADD into a netns where CNI_IFNAME already exists fails and rolls back its 
 test('CHECK fails after the pod address is removed', async () => {
   const node = new Node({ cniVersion: '0.4.0' })
   const { pod, result } = await node.addPod('c1')
-  require('node:child_process').execFileSync('ip', ['-n', pod, 'addr', 'flush', 'dev', 'eth0'])
+  must(['ip', '-n', pod, 'addr', 'flush', 'dev', 'eth0'])
   const r = await node.cni({ command: 'CHECK', containerId: 'c1', netns: nsPath(pod) }, { ...node.conf, prevResult: result })
   assert.is(r.code, 1)
   assert.is(r.json.code, 104)
@@ -191,7 +191,7 @@ test('100 concurrent ADDs get 100 distinct IPs, then 100 concurrent DELs leave n
   assert.is(new Set(onInterfaces).size, 100)
   assert.is(veths(node).length, 100)
   assert.is(node.ip('link', 'show', 'type', 'bridge').length, 1, 'one bridge, however many raced to create it')
-  const rules = require('node:child_process').execFileSync('ip', ['netns', 'exec', node.ns, 'iptables-save', '-t', 'nat'], { encoding: 'utf8' })
+  const rules = must(['ip', 'netns', 'exec', node.ns, 'iptables-save', '-t', 'nat'])
   assert.is(rules.split('\n').filter((l: string) => l.startsWith('-A POSTROUTING')).length, 1, 'the masquerade jump exists once')
 
   const dels = await Promise.all(pods.map((pod, i) => node.cni({ command: 'DEL', containerId: `c${i}`, netns: nsPath(pod) })))

@@ -4,8 +4,8 @@ import { spawn } from 'node:child_process'
 import { writeFileSync } from 'node:fs'
 import { test } from 'uvu'
 import * as assert from 'uvu/assert'
-import { probe, startEchoServers } from '../../lib/lab.ts'
-import { PLUGIN, cleanupAll, ipj, kubeCni, must, newNetns, nsPath } from '../helpers/cluster.ts'
+import { PLUGIN, cleanupAll, ipj, kubeCni, must, newNetns, nsPath, probe, startEchoServers } from '../helpers/cluster.ts'
+import { outsideHost } from '../../lib/harness/topology.ts'
 import { nodeList, podIP, routes, tryRoutes, twoNodes } from '../helpers/topology.ts'
 
 test.after.each(cleanupAll)
@@ -211,13 +211,7 @@ for (const backend of ['host-gw', 'vxlan']) {
   test(`masquerade (${backend}): NAT to the outside, never between pods`, async () => {
     const { a, b, router, nodesJson } = twoNodes({ routed: true, conf: { mtu: 1450 } })
     const outside = newNetns('outside')
-    must(['ip', '-n', router!, 'link', 'add', 'out', 'type', 'veth', 'peer', 'name', 'eth0', 'netns', outside])
-    must(['ip', '-n', router!, 'addr', 'add', '203.0.113.1/24', 'dev', 'out'])
-    must(['ip', '-n', router!, 'link', 'set', 'out', 'up'])
-    must(['ip', '-n', outside, 'addr', 'add', '203.0.113.10/24', 'dev', 'eth0'])
-    must(['ip', '-n', outside, 'link', 'set', 'eth0', 'up'])
-    must(['ip', '-n', outside, 'route', 'add', '192.0.2.0/24', 'via', '203.0.113.1'])
-    must(['ip', '-n', outside, 'route', 'add', '198.51.100.0/24', 'via', '203.0.113.1'])
+    outsideHost(router!, outside, [{ router: '203.0.113.1', host: '203.0.113.10' }], ['192.0.2.0/24', '198.51.100.0/24'])
     const pa = await a.node.addPod('pa')
     const pb = await b.node.addPod('pb')
     if (backend === 'vxlan') {

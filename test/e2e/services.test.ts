@@ -3,8 +3,7 @@
 // ClusterIP to a client pod on the same bridge passes conntrack and is un-NATed.
 import { test } from 'uvu'
 import * as assert from 'uvu/assert'
-import { probe, startEchoServers } from '../../lib/lab.ts'
-import { Node, cleanupAll, must, sh } from '../helpers/cluster.ts'
+import { Node, cleanupAll, must, probe, sh, startEchoServers } from '../helpers/cluster.ts'
 import { podIP, routes, twoNodes } from '../helpers/topology.ts'
 
 test.after.each(cleanupAll)

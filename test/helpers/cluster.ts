@@ -2,44 +2,39 @@
 // the plugin called exactly as a container runtime calls it (exec'd in the node netns, CNI_* variables,
 // the netconf on stdin). Every netns has this process's unique prefix and is deleted at exit, even when a
 // test fails or the process is interrupted; nothing is ever created in the root netns.
-import { spawn, spawnSync } from 'node:child_process'
 import { mkdtempSync, rmSync } from 'node:fs'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
+import { echoWith } from '../../lib/harness/echo.ts'
+import { addNetns, delNetns as removeNetns, inNetns, ipj, must, nsPath, sh } from '../../lib/harness/netns.ts'
+import { type PluginResult, type Call as RuntimeCall, callPlugin } from '../../lib/harness/runtime.ts'
+
+export { ipj, must, nsPath, sh }
+export type { PluginResult }
+
+export interface Call extends RuntimeCall {
+  input?: string // raw stdin, instead of the node's conf
+}
 
 export const ROOT = join(__dirname, '..', '..')
 export const PLUGIN = process.env.KUBE_CNI_PLUGIN ?? join(ROOT, 'dist', 'kube-cni')
 export const PREFIX = `kct${process.pid}-`
 export const TMP = mkdtempSync(join(tmpdir(), PREFIX))
-const PATH = '/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin'
+
+export const { startEchoServers, probe } = echoWith([PLUGIN])
 
 const created = new Set<string>()
 let counter = 0
 
-export function sh(argv: string[], input = ''): { code: number; stdout: string; stderr: string } {
-  const r = spawnSync(argv[0], argv.slice(1), { input, encoding: 'utf8' })
-  return { code: r.status ?? 1, stdout: r.stdout ?? '', stderr: r.stderr ?? '' }
-}
-
-/** Like sh, but the test fails when the command does. */
-export function must(argv: string[], input = ''): string {
-  const r = sh(argv, input)
-  if (r.code !== 0) throw new Error(`${argv.join(' ')} failed: ${r.stderr}`)
-  return r.stdout
-}
-
 export function newNetns(role: string): string {
   const name = `${PREFIX}${role}${++counter}`
-  must(['ip', 'netns', 'add', name])
+  addNetns(name)
   created.add(name)
-  must(['ip', '-n', name, 'link', 'set', 'lo', 'up'])
   return name
 }
 
 export function delNetns(name: string): void {
-  // Processes inside (echo servers) would outlive the netns's name; end them first.
-  for (const pid of sh(['ip', 'netns', 'pids', name]).stdout.split('\n').filter(Boolean)) sh(['kill', '-KILL', pid])
-  sh(['ip', 'netns', 'del', name])
+  removeNetns(name)
   created.delete(name)
 }
 
@@ -58,28 +53,9 @@ function registerCleanup(): void {
   for (const sig of ['SIGINT', 'SIGTERM'] as const) process.on(sig, () => process.exit(130))
 }
 
-export const nsPath = (name: string) => `/var/run/netns/${name}`
-
-export interface PluginResult {
-  code: number
-  json: any
-  stdout: string
-  stderr: string
-}
-
-export interface Call {
-  command: string
-  containerId?: string
-  netns?: string // a path, as runtimes pass it
-  ifname?: string
-  args?: string
-  env?: Record<string, string>
-  input?: string // raw stdin, instead of the node's conf
-}
-
 /** Runs `kube-cni <args>` (not as a CNI plugin) inside a netns. */
 export function kubeCni(ns: string, args: string[], input = ''): { code: number; stdout: string; stderr: string } {
-  return sh(['nsenter', `--net=${nsPath(ns)}`, PLUGIN, ...args], input)
+  return sh(inNetns(ns, [PLUGIN, ...args]), input)
 }
 
 /** A node: its own netns, data dir and log file, and a conf like install.sh writes. */
@@ -109,38 +85,8 @@ export class Node {
   }
 
   /** Runs the plugin in this node's netns, as a runtime does: a clean environment and the conf on stdin. */
-  cni(call: Call, conf: Record<string, unknown> = this.conf): Promise<PluginResult> & { pid?: number; kill: () => void } {
-    let child: ReturnType<typeof spawn> | undefined
-    const done = new Promise<PluginResult>((resolve) => {
-      const env: Record<string, string> = {
-        PATH,
-        CNI_COMMAND: call.command,
-        CNI_CONTAINERID: call.containerId ?? '',
-        CNI_NETNS: call.netns ?? '',
-        CNI_IFNAME: call.ifname ?? 'eth0',
-        CNI_PATH: '/opt/cni/bin',
-        ...(call.args ? { CNI_ARGS: call.args } : {}),
-        ...call.env,
-      }
-      // nsenter execs the plugin in place, so the child's pid is the plugin's.
-      child = spawn('nsenter', [`--net=${nsPath(this.ns)}`, PLUGIN], { env, stdio: ['pipe', 'pipe', 'pipe'] })
-      let stdout = ''
-      let stderr = ''
-      child.stdout!.on('data', (d) => (stdout += d))
-      child.stderr!.on('data', (d) => (stderr += d))
-      child.stdin!.on('error', () => {})
-      child.stdin!.end(call.input ?? JSON.stringify(conf))
-      child.on('close', (code) => {
-        let json: any
-        try {
-          json = stdout.trim() ? JSON.parse(stdout) : undefined
-        } catch {
-          json = undefined
-        }
-        resolve({ code: code ?? 1, json, stdout, stderr })
-      })
-    })
-    return Object.assign(done, { pid: child?.pid, kill: () => child?.kill('SIGKILL') })
+  cni(call: Call, conf: Record<string, unknown> = this.conf) {
+    return callPlugin([PLUGIN], call, call.input ?? JSON.stringify(conf), this.ns)
   }
 
   /** ADD for a fresh pod netns; fails the test if the plugin fails. */
@@ -152,15 +98,10 @@ export class Node {
   }
 
   ip(...args: string[]): any {
-    return JSON.parse(must(['ip', '-n', this.ns, '-j', ...args]) || '[]')
+    return ipj(this.ns, ...args)
   }
 }
 
-/** `ip -j` inside any netns by name. */
-export function ipj(ns: string, ...args: string[]): any {
-  return JSON.parse(must(['ip', '-n', ns, '-j', ...args]) || '[]')
-}
-
 export function ping(fromNs: string, to: string): boolean {
-  return sh(['ip', 'netns', 'exec', fromNs, 'ping', '-c', '1', '-W', '2', to]).code === 0
+  return sh(inNetns(fromNs, ['ping', '-c', '1', '-W', '2', to])).code === 0
 }

@@ -3,7 +3,10 @@
 import { writeFileSync } from 'node:fs'
 import { join } from 'node:path'
 import * as assert from 'uvu/assert'
-import { Node, TMP, kubeCni, must, newNetns } from './cluster.ts'
+import { addAddr, link, nodeList, plugIn, router as makeRouter } from '../../lib/harness/topology.ts'
+import { Node, TMP, kubeCni, newNetns } from './cluster.ts'
+
+export { nodeList }
 
 export interface Member {
   node: Node
@@ -33,47 +36,20 @@ export function twoNodes(opts: { routed?: boolean; dualStack?: boolean; conf?: R
   }
   const a = member(0, 'node-a')
   const b = member(1, 'node-b')
-  const addr = (ns: string, ip: string) => {
-    const v6 = ip.includes(':')
-    must(['ip', '-n', ns, 'addr', 'add', `${ip}/${v6 ? 64 : 24}`, 'dev', 'eth0', ...(v6 ? ['nodad'] : [])])
-  }
   let router: string | undefined
   if (!opts.routed) {
-    must(['ip', '-n', a.node.ns, 'link', 'add', 'eth0', 'type', 'veth', 'peer', 'name', 'eth0', 'netns', b.node.ns])
-    for (const m of [a, b]) {
-      for (const ip of m.ips) addr(m.node.ns, ip)
-      must(['ip', '-n', m.node.ns, 'link', 'set', 'eth0', 'up'])
-    }
+    link(a.node.ns, 'eth0', b.node.ns, 'eth0')
+    for (const m of [a, b]) for (const ip of m.ips) addAddr(m.node.ns, 'eth0', ip)
   } else {
     router = newNetns('router')
-    must(['ip', 'netns', 'exec', router, 'sysctl', '-qw', 'net.ipv4.ip_forward=1', 'net.ipv6.conf.all.forwarding=1'])
-    for (const [k, m] of [a, b].entries()) {
-      must(['ip', '-n', router, 'link', 'add', m.name, 'type', 'veth', 'peer', 'name', 'eth0', 'netns', m.node.ns])
-      must(['ip', '-n', router, 'link', 'set', m.name, 'up'])
-      must(['ip', '-n', m.node.ns, 'link', 'set', 'eth0', 'up'])
-      for (const [f, fam] of families.entries()) {
-        const gw = fam.gw[k]
-        const v6 = f === 1
-        must(['ip', '-n', router, 'addr', 'add', `${gw}/${v6 ? 64 : 24}`, 'dev', m.name, ...(v6 ? ['nodad'] : [])])
-        addr(m.node.ns, m.ips[f])
-        must(['ip', '-n', m.node.ns, ...(v6 ? ['-6'] : []), 'route', 'add', 'default', 'via', gw])
-      }
-    }
+    const gateways = [0, 1].map((k) => families.map((f) => f.gw[k]))
+    makeRouter(router, { A: gateways[0], B: gateways[1] })
+    plugIn(router, 'A', { name: a.name, ns: a.node.ns, ips: a.ips }, gateways[0])
+    plugIn(router, 'B', { name: b.name, ns: b.node.ns, ips: b.ips }, gateways[1])
   }
   const nodesJson = join(TMP, `nodes-${a.node.ns}.json`)
   writeFileSync(nodesJson, JSON.stringify(nodeList([a, b])))
   return { a, b, router, nodesJson }
-}
-
-export function nodeList(members: { name: string; ips: string[]; subnets: string[] }[]) {
-  return {
-    kind: 'NodeList',
-    items: members.map((m) => ({
-      metadata: { name: m.name },
-      spec: { podCIDR: m.subnets[0], podCIDRs: m.subnets },
-      status: { addresses: m.ips.map((address) => ({ type: 'InternalIP', address })) },
-    })),
-  }
 }
 
 /** `kube-cni routes` on a member's node, told the cluster network as the DaemonSet does. */
@@ -96,10 +72,8 @@ export const podIP = (result: any, family: 4 | 6 = 4) =>
 /** A host outside the node on the node's network (node 192.0.2.1, client 192.0.2.2): where hostPort traffic comes from. */
 export function clientOf(node: Node): string {
   const client = newNetns('client')
-  must(['ip', '-n', node.ns, 'link', 'add', 'eth0', 'type', 'veth', 'peer', 'name', 'eth0', 'netns', client])
-  must(['ip', '-n', node.ns, 'addr', 'add', '192.0.2.1/24', 'dev', 'eth0'])
-  must(['ip', '-n', client, 'addr', 'add', '192.0.2.2/24', 'dev', 'eth0'])
-  must(['ip', '-n', node.ns, 'link', 'set', 'eth0', 'up'])
-  must(['ip', '-n', client, 'link', 'set', 'eth0', 'up'])
+  link(node.ns, 'eth0', client, 'eth0')
+  addAddr(node.ns, 'eth0', '192.0.2.1')
+  addAddr(client, 'eth0', '192.0.2.2')
   return client
 }
