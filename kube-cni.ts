@@ -23,7 +23,7 @@ import {
   versionAtLeast,
 } from './lib/cni.ts'
 import { killLeftovers, run } from './lib/exec.ts'
-import { formatAddress, formatCidr, normalizeCidr } from './lib/ip.ts'
+import { defaultRoute, formatAddress, formatCidr, normalizeCidr } from './lib/ip.ts'
 import { type Attachment, type Listed, type Owner, Store } from './lib/ipam.ts'
 import { type PodPlan, linkExists, netnsProblem, newHostVethName, readMaster, readPod, setupPod, teardownPod } from './lib/link.ts'
 import { configureLog, log } from './lib/log.ts'
@@ -64,7 +64,7 @@ async function cmdAdd(inv: Invocation, conf: NetConf): Promise<object> {
           gateway: formatAddress(pool.family, pool.gateway),
           interface: 2,
         })),
-        routes: conf.pools.map((pool) => ({ dst: pool.family === 4 ? '0.0.0.0/0' : '::/0', gw: formatAddress(pool.family, pool.gateway) })),
+        routes: conf.pools.map((pool) => ({ dst: defaultRoute(pool.family), gw: formatAddress(pool.family, pool.gateway) })),
         dns: {},
       },
       conf.cniVersion,

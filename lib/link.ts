@@ -5,7 +5,7 @@ import { closeSync, existsSync, openSync, readSync, readlinkSync, statSync } fro
 import { CniError, Code } from './cni.ts'
 import { type Proc, type Step, explainSteps, run } from './exec.ts'
 import { log } from './log.ts'
-import { formatAddress, macFromAddress } from './ip.ts'
+import { formatAddress, macFromAddress, nodad } from './ip.ts'
 import type { NetConf, Pool } from './netconf.ts'
 
 /**
@@ -120,9 +120,6 @@ function cidrOf(pool: Pool, value: bigint): string {
   return `${formatAddress(pool.family, value)}/${pool.subnet.prefix}`
 }
 
-/** IPv6 addresses skip duplicate address detection so they work the moment ADD returns. */
-const nodad = (pool: Pool) => (pool.family === 6 ? ' nodad' : '')
-
 // ---- one pod ---------------------------------------------------------------------------------------------
 
 export interface PodLinks {
@@ -152,7 +149,7 @@ export function hostSteps(p: PodPlan): Step[] {
     ...(conf.hairpinMode ? [{ line: `link set dev ${p.hostVeth} type bridge_slave hairpin on`, why: 'new: a pod can reach itself through a Service VIP' }] : []),
     // Re-asserted on every ADD (cheap and idempotent): heals a bridge whose address or state was lost.
     ...conf.pools.map((pool) => ({
-      line: `addr replace ${cidrOf(pool, pool.gateway)} dev ${conf.bridge}${nodad(pool)}`,
+      line: `addr replace ${cidrOf(pool, pool.gateway)} dev ${conf.bridge}${nodad(pool.family)}`,
       why: 'bash: ip addr add <gateway> dev cni0 (done by hand)',
     })),
     { line: `link set dev ${conf.bridge} up`, why: 'bash: ip link set cni0 up (done by hand)' },
@@ -165,7 +162,7 @@ export function hostSteps(p: PodPlan): Step[] {
 export function podSteps(p: PodPlan): Step[] {
   return [
     ...p.ips.map(({ pool, ip }) => ({
-      line: `addr add ${cidrOf(pool, ip)} dev ${p.ifname}${nodad(pool)}`,
+      line: `addr add ${cidrOf(pool, ip)} dev ${p.ifname}${nodad(pool.family)}`,
       why: 'bash: ip netns exec $CNI_CONTAINERID ip addr add $ip/$mask dev $CNI_IFNAME',
     })),
     { line: `link set dev ${p.ifname} up`, why: 'bash: ip netns exec $CNI_CONTAINERID ip link set $CNI_IFNAME up' },

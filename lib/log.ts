@@ -1,9 +1,10 @@
 // Logs go to the log file and stderr, never stdout: stdout carries only the result or error JSON.
 import { appendFileSync, mkdirSync } from 'node:fs'
 import { dirname } from 'node:path'
-import type { LogLevel } from './netconf.ts'
 
-const RANK: Record<LogLevel, number> = { error: 0, info: 1, debug: 2 }
+export type LogLevel = 'error' | 'info' | 'debug'
+// In rising verbosity: a level logs what its rank and those before it say.
+export const LOG_LEVELS: LogLevel[] = ['error', 'info', 'debug']
 
 let file = ''
 let level: LogLevel = 'info'
@@ -30,7 +31,7 @@ export function escapeControl(text: string): string {
 }
 
 function write(lvl: LogLevel, msg: string): void {
-  if (RANK[lvl] > RANK[level]) return
+  if (LOG_LEVELS.indexOf(lvl) > LOG_LEVELS.indexOf(level)) return
   const line = `${new Date().toISOString()} ${lvl.toUpperCase()} [${process.pid}] ${escapeControl(context + msg)}\n`
   process.stderr.write(line)
   if (!file) return

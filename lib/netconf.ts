@@ -2,6 +2,7 @@
 // touches the kernel, so that every mistake is reported as error 6 or 7 naming the field and its value.
 import { CniError, Code, assertSupportedVersion, isValidBridgeName } from './cni.ts'
 import { type Cidr, type Family, contains, formatCidr, normalizeCidr, parseAddress, parseCidr, specialRangeOverlapped } from './ip.ts'
+import { LOG_LEVELS, type LogLevel } from './log.ts'
 
 /** One address family's pod subnet: where pods get their addresses, and the cluster range around it. */
 export interface Pool {
@@ -33,9 +34,6 @@ export interface PrevResult {
   interfaces: { name: string; mac?: string; sandbox?: string }[]
   ips: { address: string }[]
 }
-
-export type LogLevel = 'error' | 'info' | 'debug'
-const LOG_LEVELS: LogLevel[] = ['error', 'info', 'debug']
 
 export const DEFAULTS = {
   bridge: 'cni0',
