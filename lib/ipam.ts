@@ -21,7 +21,7 @@ import { type Proc, isAlive, isProc, startTime } from './exec.ts'
 import { assertPrivateDir, discard, errno, ioError, makeDir, writeAtomic } from './fs.ts'
 import { type Family, containsAddress, formatAddress, formatCidr, parseAddress } from './ip.ts'
 import { log } from './log.ts'
-import type { Pool } from './netconf.ts'
+import type { NetConf, Pool } from './netconf.ts'
 
 export interface Owner {
   containerId: string
@@ -184,7 +184,9 @@ export class Store {
     return { ...owner, ips }
   }
 
-  dropRecord(owner: Owner): void {
+  /** Frees what the attachment holds, then its record: the end of a DEL, a failed ADD or a GC. */
+  release(owner: Owner, record = this.readRecord(owner)): void {
+    for (const ip of record?.ips ?? []) this.free(ip, owner)
     this.guard()
     unlinkQuiet(this.recordPath(owner))
   }
@@ -244,6 +246,11 @@ export class Store {
     const gatewayInRange = pool.gateway >= pool.firstHost && pool.gateway <= pool.lastHost ? 1n : 0n
     return Number(pool.lastHost - pool.firstHost + 1n - gatewayInRange)
   }
+}
+
+/** The store of the network a config names. */
+export function storeFor(conf: NetConf): Store {
+  return new Store(conf.dataDir, conf.name)
 }
 
 export interface Listed {

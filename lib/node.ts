@@ -273,5 +273,6 @@ async function iptables(conf: NetConf, argv: string[], input = ''): Promise<void
   const r = await run(argv, input).catch((e) => {
     throw new CniError(Code.Internal, `cannot run ${argv[0]}: ${(e as Error).message}`, hint)
   })
-  if (r.code !== 0) throw new CniError(Code.Internal, `${argv.join(' ')} failed: ${r.stderr.trim()}`, hint)
+  // The kernel refused a rule, as it refuses an `ip` step: the same code. A missing tool stays an internal error.
+  if (r.code !== 0) throw new CniError(Code.Kernel, `${argv.join(' ')} failed: ${r.stderr.trim()}`, hint)
 }
