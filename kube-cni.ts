@@ -25,7 +25,7 @@ import {
 import { killLeftovers, run } from './lib/exec.ts'
 import { defaultRoute, formatAddress, formatCidr, normalizeCidr } from './lib/ip.ts'
 import { type Attachment, type Listed, type Owner, storeFor } from './lib/ipam.ts'
-import { type PodPlan, linkExists, netnsProblem, newHostVethName, readMaster, readPod, setupPod, teardownPod } from './lib/link.ts'
+import { type PodPlan, netnsProblem, newHostVethName, readMaster, readPod, setupPod, teardownPod } from './lib/link.ts'
 import { configureLog, log } from './lib/log.ts'
 import { MAX_STDIN, type NetConf, askedVersion, attachmentKey, decodeJSON, parseNetConf } from './lib/netconf.ts'
 import { ensureNode, nodeProblems, observeNode } from './lib/node.ts'
@@ -70,7 +70,7 @@ async function cmdAdd(inv: Invocation, conf: NetConf): Promise<object> {
       conf.cniVersion,
     )
   } catch (e) {
-    // A failed ADD leaves no reserved IP behind (createVeth already removed any veth it made).
+    // A failed ADD leaves no reserved IP behind (setupPod already removed any veth it made).
     store.release(owner(inv))
     throw e
   } finally {
@@ -79,23 +79,16 @@ async function cmdAdd(inv: Invocation, conf: NetConf): Promise<object> {
 }
 
 /**
- * The pod end is born inside the sandbox as CNI_IFNAME (never in the host netns, where it would clash with
- * the host's eth0); the host end `veth<8 hex>` joins the bridge. Two `ip -batch` execs, one on each side.
- * On failure the veth is deleted before the error goes on.
+ * The host end `veth<8 hex>` is drawn at random and written to the record before it exists, so a DEL after a
+ * kill finds it. A name another ADD took in between is drawn again.
  */
 async function createVeth(inv: Invocation, conf: NetConf, ips: PodPlan['ips'], attachment: Attachment) {
   for (let attempt = 1; ; attempt++) {
     const hostVeth = newHostVethName()
     attachment.setHostVeth(hostVeth)
-    try {
-      const links = await setupPod({ conf, netns: inv.netns, ifname: inv.ifname, hostVeth, ips }, (pid) => attachment.addPid(pid))
-      return { hostVeth, links }
-    } catch (e) {
-      const created = (e as { hostVethCreated?: boolean }).hostVethCreated
-      if (created) await teardownPod('', inv.ifname, hostVeth).catch((t) => log.error(`rollback: ${t.message}`))
-      // Another ADD took the same random name between our check and our create: draw again.
-      if (created !== false || !linkExists(hostVeth) || attempt >= 3) throw e
-    }
+    const setup = await setupPod({ conf, netns: inv.netns, ifname: inv.ifname, hostVeth, ips }, (pid) => attachment.addPid(pid))
+    if ('links' in setup) return { hostVeth, links: setup.links }
+    if (attempt >= 3) throw setup.nameTaken
   }
 }
 
