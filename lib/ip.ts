@@ -11,7 +11,7 @@ export interface Cidr {
   prefix: number
 }
 
-export function familyOf(text: string): Family {
+function familyOf(text: string): Family {
   return text.includes(':') ? 6 : 4
 }
 

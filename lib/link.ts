@@ -63,7 +63,7 @@ export function newHostVethName(): string {
   }
 }
 
-export interface BatchResult {
+interface BatchResult {
   code: number
   failedLine?: number // 1-based line of the batch that failed
   error: string
@@ -71,7 +71,7 @@ export interface BatchResult {
 }
 
 /** Runs `ip -j -batch -` in the host netns, or inside `netns` (any path) through nsenter. */
-export async function ipBatch(steps: Step[], netns?: string, onSpawn?: (proc: Proc) => void): Promise<BatchResult> {
+async function ipBatch(steps: Step[], netns?: string, onSpawn?: (proc: Proc) => void): Promise<BatchResult> {
   const prefix = netns ? ['nsenter', `--net=${netns}`, 'ip'] : ['ip']
   explainSteps(steps.map((s) => ({ ...s, line: `${prefix.join(' ')} ${s.line}` })))
   const started = Date.now()

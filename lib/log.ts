@@ -8,12 +8,10 @@ export const LOG_LEVELS: LogLevel[] = ['error', 'info', 'debug']
 
 let file = ''
 let level: LogLevel = 'info'
-let context = ''
 
-export function configureLog(opts: { file?: string; level?: LogLevel; context?: string }): void {
+export function configureLog(opts: { file?: string; level?: LogLevel }): void {
   if (opts.file !== undefined) file = opts.file
   if (opts.level !== undefined) level = opts.level
-  if (opts.context !== undefined) context = opts.context
 }
 
 const NAMED: Record<string, string> = { '\n': '\\n', '\r': '\\r', '\t': '\\t' }
@@ -32,7 +30,7 @@ export function escapeControl(text: string): string {
 
 function write(lvl: LogLevel, msg: string): void {
   if (LOG_LEVELS.indexOf(lvl) > LOG_LEVELS.indexOf(level)) return
-  const line = `${new Date().toISOString()} ${lvl.toUpperCase()} [${process.pid}] ${escapeControl(context + msg)}\n`
+  const line = `${new Date().toISOString()} ${lvl.toUpperCase()} [${process.pid}] ${escapeControl(msg)}\n`
   process.stderr.write(line)
   if (!file) return
   try {

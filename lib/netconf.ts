@@ -39,7 +39,7 @@ export interface PrevResult {
   ips: { address: string }[]
 }
 
-export const DEFAULTS = {
+const DEFAULTS = {
   bridge: 'cni0',
   dataDir: '/run/kube-cni/ipam',
   logFile: '/var/log/kube-cni.log',
