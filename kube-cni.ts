@@ -23,11 +23,11 @@ import {
   versionAtLeast,
 } from './lib/cni.ts'
 import { killLeftovers, run } from './lib/exec.ts'
-import { formatAddress, formatCidr, normalizeCidr } from './lib/ip.ts'
-import { type Attachment, type Listed, type Owner, Store } from './lib/ipam.ts'
-import { type PodPlan, linkExists, netnsProblem, newHostVethName, readMaster, readPod, setupPod, teardownPod } from './lib/link.ts'
+import { defaultRoute, formatAddress, formatCidr, normalizeCidr } from './lib/ip.ts'
+import { type Attachment, type Listed, type Owner, storeFor } from './lib/ipam.ts'
+import { type PodPlan, netnsProblem, newHostVethName, readMaster, readPod, setupPod, teardownPod } from './lib/link.ts'
 import { configureLog, log } from './lib/log.ts'
-import { MAX_STDIN, type NetConf, askedVersion, decodeJSON, parseNetConf } from './lib/netconf.ts'
+import { MAX_STDIN, type NetConf, askedVersion, attachmentKey, decodeJSON, parseNetConf } from './lib/netconf.ts'
 import { ensureNode, nodeProblems, observeNode } from './lib/node.ts'
 import { version } from './package.json'
 
@@ -41,7 +41,7 @@ async function cmdAdd(inv: Invocation, conf: NetConf): Promise<object> {
   await ensureNode(conf)
 
   // IPAM: the record of this attachment first, then one address per family from this node's podCIDR.
-  const store = new Store(conf.dataDir, conf.name)
+  const store = storeFor(conf)
   const attachment = store.open(owner(inv))
   try {
     const ips = conf.pools.map((pool) => ({ pool, ip: attachment.reserve(pool) }))
@@ -64,14 +64,14 @@ async function cmdAdd(inv: Invocation, conf: NetConf): Promise<object> {
           gateway: formatAddress(pool.family, pool.gateway),
           interface: 2,
         })),
-        routes: conf.pools.map((pool) => ({ dst: pool.family === 4 ? '0.0.0.0/0' : '::/0', gw: formatAddress(pool.family, pool.gateway) })),
+        routes: conf.pools.map((pool) => ({ dst: defaultRoute(pool.family), gw: formatAddress(pool.family, pool.gateway) })),
         dns: {},
       },
       conf.cniVersion,
     )
   } catch (e) {
-    // A failed ADD leaves no reserved IP behind (createVeth already removed any veth it made).
-    release(store, owner(inv))
+    // A failed ADD leaves no reserved IP behind (setupPod already removed any veth it made).
+    store.release(owner(inv))
     throw e
   } finally {
     attachment.close()
@@ -79,23 +79,16 @@ async function cmdAdd(inv: Invocation, conf: NetConf): Promise<object> {
 }
 
 /**
- * The pod end is born inside the sandbox as CNI_IFNAME (never in the host netns, where it would clash with
- * the host's eth0); the host end `veth<8 hex>` joins the bridge. Two `ip -batch` execs, one on each side.
- * On failure the veth is deleted before the error goes on.
+ * The host end `veth<8 hex>` is drawn at random and written to the record before it exists, so a DEL after a
+ * kill finds it. A name another ADD took in between is drawn again.
  */
 async function createVeth(inv: Invocation, conf: NetConf, ips: PodPlan['ips'], attachment: Attachment) {
   for (let attempt = 1; ; attempt++) {
     const hostVeth = newHostVethName()
     attachment.setHostVeth(hostVeth)
-    try {
-      const links = await setupPod({ conf, netns: inv.netns, ifname: inv.ifname, hostVeth, ips }, (pid) => attachment.addPid(pid))
-      return { hostVeth, links }
-    } catch (e) {
-      const created = (e as { hostVethCreated?: boolean }).hostVethCreated
-      if (created) await teardownPod('', inv.ifname, hostVeth).catch((t) => log.error(`rollback: ${t.message}`))
-      // Another ADD took the same random name between our check and our create: draw again.
-      if (created !== false || !linkExists(hostVeth) || attempt >= 3) throw e
-    }
+    const setup = await setupPod({ conf, netns: inv.netns, ifname: inv.ifname, hostVeth, ips }, (pid) => attachment.addPid(pid))
+    if ('links' in setup) return { hostVeth, links: setup.links }
+    if (attempt >= 3) throw setup.nameTaken
   }
 }
 
@@ -103,7 +96,7 @@ async function createVeth(inv: Invocation, conf: NetConf, ips: PodPlan['ips'], a
 
 async function cmdDel(inv: Invocation, conf: NetConf): Promise<void> {
   // DEL follows the IPAM record, never the netns: the netns may be gone, and CNI_NETNS may be empty.
-  const store = new Store(conf.dataDir, conf.name)
+  const store = storeFor(conf)
   const record = store.readRecord(owner(inv))
   // An ADD killed mid-way leaves its `ip` children running: stop them before undoing their work, or one that
   // finishes later brings the veth back.
@@ -116,25 +109,19 @@ async function cmdDel(inv: Invocation, conf: NetConf): Promise<void> {
     for (const ip of record?.ips ?? []) store.free(ip, owner(inv))
     throw e
   }
-  release(store, owner(inv), record)
-}
-
-function release(store: Store, who: Owner, record = store.readRecord(who)): void {
-  for (const ip of record?.ips ?? []) store.free(ip, who)
-  store.dropRecord(who)
+  store.release(owner(inv), record)
 }
 
 // ---- CHECK -----------------------------------------------------------------------------------------------
 
 async function cmdCheck(inv: Invocation, conf: NetConf): Promise<void> {
-  if (!versionAtLeast(conf.cniVersion, '0.4.0'))
-    throw new CniError(Code.IncompatibleVersion, `CHECK needs cniVersion 0.4.0 or later, the config has ${conf.cniVersion}`)
+  requireVersion(conf, 'CHECK', '0.4.0')
   requireSandbox(inv, Code.UnknownContainer)
   const prev = conf.prevResult
   if (!prev) throw new CniError(Code.InvalidConfig, 'CHECK needs the prevResult of the ADD in the network config')
   const fail = (msg: string) => new CniError(Code.CheckFailed, `CHECK ${inv.containerId}/${inv.ifname}: ${msg}`)
 
-  const store = new Store(conf.dataDir, conf.name)
+  const store = storeFor(conf)
   const record = store.readRecord(owner(inv))
   if (!record) throw fail(`no IPAM record in ${store.dir}`)
   const pod = await readPod(inv.netns, inv.ifname, conf.pools.map((p) => p.family))
@@ -174,34 +161,18 @@ async function readMac(name: string, netns?: string): Promise<string | undefined
 
 async function cmdGc(conf: NetConf): Promise<void> {
   requireVersion(conf, 'GC', '1.1.0')
-  // The key is `cni.dev/valid-attachments`; the 1.1.0 tag of the spec called it `cni.dev/attachments`.
-  const listed = conf.raw['cni.dev/valid-attachments'] ?? conf.raw['cni.dev/attachments']
-  if (listed !== null && !Array.isArray(listed))
-    throw new CniError(Code.InvalidConfig, 'GC needs "cni.dev/valid-attachments": a list of {containerID, ifname}')
-  // A malformed entry is refused whole: guessing what it meant could tear down a live pod.
-  const valid = new Set(
-    ((listed ?? []) as unknown[]).map((a, i) => {
-      const entry = a as { containerID?: unknown; ifname?: unknown } | null
-      if (typeof entry?.containerID !== 'string' || typeof entry.ifname !== 'string' || !entry.containerID || !entry.ifname)
-        throw new CniError(
-          Code.InvalidConfig,
-          `GC: "cni.dev/valid-attachments" entry ${i} ${JSON.stringify(a)} is not an object with a string "containerID" and "ifname"`,
-          'the runtime must list every attachment it keeps with both fields; nothing was freed',
-        )
-      return `${entry.containerID}:${entry.ifname}`
-    }),
-  )
-  const isValid = (o: Owner | null) => o !== null && valid.has(`${o.containerId}:${o.ifname}`)
+  const valid = conf.validAttachments()
+  const isValid = (o: Owner | null) => o !== null && valid.has(attachmentKey(o.containerId, o.ifname))
 
   // An attachment whose ADD is still running is not in the list yet, and is not ours to free (lib/ipam.ts,
   // Adder): it is skipped with the IPs it names, and so is an IP file an ADD may have only just created.
-  const store = new Store(conf.dataDir, conf.name)
+  const store = storeFor(conf)
   const errors: string[] = []
   const busy = new Set<string>()
   const free = async ({ owner: who, record }: Listed) => {
     try {
       await teardownPod('', who.ifname, record.hostVeth)
-      release(store, who, record)
+      store.release(who, record)
       log.info(`gc: freed ${who.containerId}/${who.ifname} (${record.ips.join(', ')})`)
     } catch (e) {
       errors.push((e as Error).message) // go on: one stuck attachment must not keep the others leaked
@@ -233,7 +204,7 @@ function cmdStatus(conf: NetConf): void {
   // Stats and one directory listing per pool, no exec: containerd 2 calls STATUS every 5 s.
   const [problem] = nodeProblems(conf, observeNode(conf))
   if (problem) throw new CniError(Code.NotAvailable, problem.msg, problem.fix)
-  const store = new Store(conf.dataDir, conf.name)
+  const store = storeFor(conf)
   for (const pool of conf.pools) {
     const used = store.countReserved(pool)
     if (used >= store.capacity(pool))

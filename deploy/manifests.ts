@@ -30,7 +30,6 @@ host=\${HOST_ROOT:-/host}
 mkdir -p "$bin/kube-cni.d" "$conf"
 # Each file goes to a temp name and is renamed: a runtime never runs half a binary.
 cp "$(command -v node)" "$bin/kube-cni.d/node.tmp" && mv -f "$bin/kube-cni.d/node.tmp" "$bin/kube-cni.d/node"
-cp "$bundle" "$bin/kube-cni.d/kube-cni.js.tmp" && mv -f "$bin/kube-cni.d/kube-cni.js.tmp" "$bin/kube-cni.d/kube-cni.js"
 # The runtime will run this copy with the node's libraries, not the image's: fail here, naming them, rather
 # than at every pod start.
 if ! chroot "$host" "$node_on_host" -e 0; then

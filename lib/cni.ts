@@ -63,7 +63,6 @@ export interface Invocation {
   netns: string
   ifname: string
   args: Record<string, string>
-  path: string
 }
 
 const CONTAINER_ID = /^[a-zA-Z0-9][a-zA-Z0-9_.-]*$/
@@ -81,7 +80,7 @@ export function isValidBridgeName(name: string): boolean {
  * name from a template, '#' starts a comment in an `ip -batch` line, and a leading quote mark opens a quoted
  * word there. Anything else, '@' and non-ASCII included, goes through.
  */
-export function ifnameProblem(name: string): string | undefined {
+function ifnameProblem(name: string): string | undefined {
   const bytes = Buffer.from(name, 'utf8')
   if (bytes.length < 1 || bytes.length > 15) return `it must be 1 to 15 bytes long (it is ${bytes.length})`
   if (name === '.' || name === '..') return 'the kernel refuses "." and ".."'
@@ -116,7 +115,6 @@ export function readInvocation(env: NodeJS.ProcessEnv): Invocation {
     netns: env.CNI_NETNS ?? '',
     ifname: env.CNI_IFNAME ?? '',
     args: parseCniArgs(env.CNI_ARGS ?? ''),
-    path: env.CNI_PATH ?? '',
   }
   // VERSION, GC and STATUS ignore these; podman even sends CNI_IFNAME=dummy with VERSION.
   if (REQUIRED[command].length) {

@@ -5,7 +5,7 @@ import { existsSync } from 'node:fs'
 import { join } from 'node:path'
 import { parseArgs } from 'node:util'
 import { SUPPORTED_VERSIONS } from './cni.ts'
-import { writeAtomic } from './ipam.ts'
+import { writeAtomic } from './fs.ts'
 import { parseNetConf } from './netconf.ts'
 
 export const CONFLIST_NAME = '10-kube-cni.conflist'

@@ -1,6 +1,6 @@
 // Address arithmetic for both families, on ip-num. Everything else in kube-cni handles addresses as
 // bigint values plus a family, and turns them into text only here.
-import { IPv4, IPv4CidrRange, IPv6, IPv6CidrRange, collapseIPv6Number } from 'ip-num'
+import { IPv4, IPv4CidrRange, IPv4Prefix, IPv6, IPv6CidrRange, IPv6Prefix, collapseIPv6Number } from 'ip-num'
 
 export type Family = 4 | 6
 
@@ -11,7 +11,7 @@ export interface Cidr {
   prefix: number
 }
 
-export function familyOf(text: string): Family {
+function familyOf(text: string): Family {
   return text.includes(':') ? 6 : 4
 }
 
@@ -19,16 +19,23 @@ export function familyOf(text: string): Family {
 export function parseCidr(text: string): Cidr | undefined {
   if (typeof text !== 'string' || !/^[0-9a-fA-F.:]+\/\d{1,3}$/.test(text)) return undefined
   try {
-    const range = familyOf(text) === 4 ? IPv4CidrRange.fromCidr(text) : IPv6CidrRange.fromCidr(text)
-    return {
-      family: familyOf(text),
-      network: range.getFirst().getValue(),
-      last: range.getLast().getValue(),
-      prefix: Number(range.getPrefix().getValue()),
-    }
+    return fromRange(familyOf(text), familyOf(text) === 4 ? IPv4CidrRange.fromCidr(text) : IPv6CidrRange.fromCidr(text))
   } catch {
     return undefined
   }
+}
+
+/** The network an address with this prefix length is on: 192.0.2.10 and 24 -> 192.0.2.0/24. */
+export function networkOf(family: Family, value: bigint, prefix: number): Cidr {
+  const range =
+    family === 4
+      ? new IPv4CidrRange(new IPv4(value), IPv4Prefix.fromNumber(BigInt(prefix)))
+      : new IPv6CidrRange(new IPv6(value), IPv6Prefix.fromNumber(BigInt(prefix)))
+  return fromRange(family, range)
+}
+
+function fromRange(family: Family, range: IPv4CidrRange | IPv6CidrRange): Cidr {
+  return { family, network: range.getFirst().getValue(), last: range.getLast().getValue(), prefix: Number(range.getPrefix().getValue()) }
 }
 
 /** Parses a plain address; returns undefined when it is not one. */
@@ -48,6 +55,16 @@ export function normalizeCidr(text: string): string | undefined {
   const parsed = parseAddress(address)
   if (!parsed || extra !== undefined || !/^\d{1,3}$/.test(prefix ?? '') || Number(prefix) > (parsed.family === 4 ? 32 : 128)) return undefined
   return `${formatAddress(parsed.family, parsed.value)}/${Number(prefix)}`
+}
+
+/** The destination of a default route, as a result's `routes` and `ip -j route` spell it. */
+export function defaultRoute(family: Family): string {
+  return family === 4 ? '0.0.0.0/0' : '::/0'
+}
+
+/** IPv6 addresses skip duplicate address detection so they work the moment they are added: the `ip addr` flag. */
+export function nodad(family: Family): string {
+  return family === 6 ? ' nodad' : ''
 }
 
 /** The canonical text of an address, the way `ip` prints it (IPv6 compressed). */

@@ -14,27 +14,14 @@
 // No lock is needed: the kernel lets exactly one O_EXCL create win. The record is written ahead of every
 // attempt (the candidate IP and the host veth name), so a plugin SIGKILLed at any point leaves a record
 // that DEL can follow to free exactly what was taken. DEL never has to ask the netns.
-import {
-  closeSync,
-  constants,
-  fstatSync,
-  ftruncateSync,
-  lstatSync,
-  mkdirSync,
-  openSync,
-  readFileSync,
-  readdirSync,
-  renameSync,
-  unlinkSync,
-  writeFileSync,
-  writeSync,
-} from 'node:fs'
+import { closeSync, constants, fstatSync, ftruncateSync, lstatSync, openSync, readFileSync, readdirSync, unlinkSync, writeFileSync, writeSync } from 'node:fs'
 import { join } from 'node:path'
 import { CniError, Code } from './cni.ts'
 import { type Proc, isAlive, isProc, startTime } from './exec.ts'
+import { assertPrivateDir, discard, errno, ioError, makeDir, writeAtomic } from './fs.ts'
 import { type Family, containsAddress, formatAddress, formatCidr, parseAddress } from './ip.ts'
 import { log } from './log.ts'
-import type { Pool } from './netconf.ts'
+import type { NetConf, Pool } from './netconf.ts'
 
 export interface Owner {
   containerId: string
@@ -61,8 +48,6 @@ export interface AttachmentRecord {
 
 /** A record file written in the last moments may be half-written by an ADD: GC leaves it for the next run. */
 const FRESH_MS = 10_000
-
-const errno = (e: unknown) => (e as NodeJS.ErrnoException).code
 
 export class Store {
   readonly dir: string
@@ -199,7 +184,9 @@ export class Store {
     return { ...owner, ips }
   }
 
-  dropRecord(owner: Owner): void {
+  /** Frees what the attachment holds, then its record: the end of a DEL, a failed ADD or a GC. */
+  release(owner: Owner, record = this.readRecord(owner)): void {
+    for (const ip of record?.ips ?? []) this.free(ip, owner)
     this.guard()
     unlinkQuiet(this.recordPath(owner))
   }
@@ -259,6 +246,11 @@ export class Store {
     const gatewayInRange = pool.gateway >= pool.firstHost && pool.gateway <= pool.lastHost ? 1n : 0n
     return Number(pool.lastHost - pool.firstHost + 1n - gatewayInRange)
   }
+}
+
+/** The store of the network a config names. */
+export function storeFor(conf: NetConf): Store {
+  return new Store(conf.dataDir, conf.name)
 }
 
 export interface Listed {
@@ -400,35 +392,6 @@ function strange(path: string, what: string): null {
   return null
 }
 
-/**
- * The store's directories: real directories (not symlinks), owned by root (or whoever runs us), and writable by
- * no one else, who could otherwise plant records and symlinks. Missing ones are fine: nothing to read there.
- */
-export function assertPrivateDir(path: string): void {
-  let st
-  try {
-    st = lstatSync(path)
-  } catch (e) {
-    if (errno(e) === 'ENOENT') return
-    throw ioError('inspect', path, e)
-  }
-  const why = st.isSymbolicLink()
-    ? 'a symlink'
-    : !st.isDirectory()
-      ? 'not a directory'
-      : st.uid !== 0 && st.uid !== process.getuid?.()
-        ? `owned by uid ${st.uid}, not root`
-        : st.mode & 0o022
-          ? `writable by ${st.mode & 0o020 ? 'its group' : 'others'} (mode ${(st.mode & 0o7777).toString(8)})`
-          : ''
-  if (why)
-    throw new CniError(
-      Code.IOFailure,
-      `IPAM store: ${path} is ${why}; kube-cni keeps its state only where no one else can plant files`,
-      `make it a directory owned by root and writable only by root (chown root: ${path}; chmod go-w ${path}), or set dataDir to such a directory`,
-    )
-}
-
 /** undefined: no such file; null: a file with no owner written yet. */
 function readOwner(path: string): Owner | null | undefined {
   const text = readPlain(path)
@@ -448,47 +411,6 @@ function readLast(cursor: string, pool: Pool): bigint | undefined {
   return undefined
 }
 
-/** Readers see the old content or the new one, never half of either. */
-export function writeAtomic(path: string, content: string, mode = 0o600): void {
-  const tmp = `${path}.${process.pid}.tmp`
-  try {
-    const fd = createExclusive(tmp, mode)
-    try {
-      writeFileSync(fd, content)
-    } finally {
-      closeSync(fd)
-    }
-    renameSync(tmp, path)
-  } catch (e) {
-    discard(tmp)
-    throw e
-  }
-}
-
-/**
- * A new file that is really new: O_EXCL|O_NOFOLLOW never writes through a planted symlink. A leftover of a dead
- * process with our pid (or a planted file) is removed, never followed, and the create tried once more.
- */
-function createExclusive(path: string, mode: number): number {
-  const flags = constants.O_WRONLY | constants.O_CREAT | constants.O_EXCL | constants.O_NOFOLLOW
-  try {
-    return openSync(path, flags, mode)
-  } catch (e) {
-    if (errno(e) !== 'EEXIST') throw e
-    unlinkSync(path)
-    return openSync(path, flags, mode)
-  }
-}
-
-/** Removes what a failed step of ours created, if it did; the step's own error is the one to report. */
-function discard(path: string): void {
-  try {
-    unlinkSync(path)
-  } catch {
-    // never created, or already gone
-  }
-}
-
 function unlinkQuiet(path: string): boolean {
   try {
     unlinkSync(path)
@@ -506,27 +428,4 @@ function listDir(dir: string): string[] {
     if (errno(e) === 'ENOENT') return []
     throw ioError('list', dir, e)
   }
-}
-
-/** Creates a store directory (and the parents), root's alone. */
-export function makeDir(path: string): void {
-  try {
-    mkdirSync(path, { recursive: true, mode: 0o700 })
-  } catch (e) {
-    throw ioError('create the directory', path, e)
-  }
-}
-
-/** Error 5 for a disk or permission problem, saying which file and what would fix it. */
-export function ioError(action: string, path: string, e: unknown): CniError {
-  const code = errno(e)
-  const [why, todo] =
-    code === 'ENOSPC' || code === 'EDQUOT'
-      ? ['the filesystem is full', `free space on the filesystem that holds ${path} (the default dataDir /run/kube-cni/ipam is on the /run tmpfs)`]
-      : code === 'EROFS'
-        ? ['the filesystem is read-only', `set dataDir in the network config to a writable directory, or remount the filesystem that holds ${path} read-write`]
-        : code === 'EACCES' || code === 'EPERM'
-          ? ['permission denied', `kube-cni must run as root (the container runtime runs it so), and ${path} must be writable by it`]
-          : [(e as Error).message, 'check dataDir in the network config: it must be a writable directory']
-  return new CniError(Code.IOFailure, `IPAM store: cannot ${action} ${path}: ${why}`, todo)
 }

@@ -5,7 +5,7 @@ import { closeSync, existsSync, openSync, readSync, readlinkSync, statSync } fro
 import { CniError, Code } from './cni.ts'
 import { type Proc, type Step, explainSteps, run } from './exec.ts'
 import { log } from './log.ts'
-import { formatAddress, macFromAddress } from './ip.ts'
+import { formatAddress, macFromAddress, nodad } from './ip.ts'
 import type { NetConf, Pool } from './netconf.ts'
 
 /**
@@ -63,7 +63,7 @@ export function newHostVethName(): string {
   }
 }
 
-export interface BatchResult {
+interface BatchResult {
   code: number
   failedLine?: number // 1-based line of the batch that failed
   error: string
@@ -71,7 +71,7 @@ export interface BatchResult {
 }
 
 /** Runs `ip -j -batch -` in the host netns, or inside `netns` (any path) through nsenter. */
-export async function ipBatch(steps: Step[], netns?: string, onSpawn?: (proc: Proc) => void): Promise<BatchResult> {
+async function ipBatch(steps: Step[], netns?: string, onSpawn?: (proc: Proc) => void): Promise<BatchResult> {
   const prefix = netns ? ['nsenter', `--net=${netns}`, 'ip'] : ['ip']
   explainSteps(steps.map((s) => ({ ...s, line: `${prefix.join(' ')} ${s.line}` })))
   const started = Date.now()
@@ -116,12 +116,20 @@ export async function createBridge(conf: NetConf): Promise<void> {
     )
 }
 
+/** Re-asserted on every ADD (cheap and idempotent): heals a bridge whose address or state was lost. */
+export function bridgeSteps(conf: NetConf): Step[] {
+  return [
+    ...conf.pools.map((pool) => ({
+      line: `addr replace ${cidrOf(pool, pool.gateway)} dev ${conf.bridge}${nodad(pool.family)}`,
+      why: 'bash: ip addr add <gateway> dev cni0 (done by hand)',
+    })),
+    { line: `link set dev ${conf.bridge} up`, why: 'bash: ip link set cni0 up (done by hand)' },
+  ]
+}
+
 function cidrOf(pool: Pool, value: bigint): string {
   return `${formatAddress(pool.family, value)}/${pool.subnet.prefix}`
 }
-
-/** IPv6 addresses skip duplicate address detection so they work the moment ADD returns. */
-const nodad = (pool: Pool) => (pool.family === 6 ? ' nodad' : '')
 
 // ---- one pod ---------------------------------------------------------------------------------------------
 
@@ -139,57 +147,99 @@ export interface PodPlan {
   ips: { pool: Pool; ip: bigint }[]
 }
 
-/** Host side: the veth pair with its pod end created directly in the pod netns, attached to the bridge. */
-export function hostSteps(p: PodPlan): Step[] {
-  const { conf } = p
-  const mtu = conf.mtu ? ` mtu ${conf.mtu}` : ''
+/** The veth pair, its pod end born inside the sandbox as CNI_IFNAME (in the host netns it would clash with eth0). */
+export function vethSteps(p: PodPlan): Step[] {
+  const mtu = p.conf.mtu ? ` mtu ${p.conf.mtu}` : ''
   return [
     {
       line: `link add name ${p.hostVeth}${mtu} type veth peer name ${p.ifname}${mtu} netns ${p.netns}`,
       why: 'bash: ip link add $CNI_IFNAME type veth peer name $host_ifname; ip link set $CNI_IFNAME netns $CNI_CONTAINERID',
     },
-    { line: `link set dev ${p.hostVeth} master ${conf.bridge} up`, why: 'bash: ip link set $host_ifname up; ip link set $host_ifname master cni0' },
-    ...(conf.hairpinMode ? [{ line: `link set dev ${p.hostVeth} type bridge_slave hairpin on`, why: 'new: a pod can reach itself through a Service VIP' }] : []),
-    // Re-asserted on every ADD (cheap and idempotent): heals a bridge whose address or state was lost.
-    ...conf.pools.map((pool) => ({
-      line: `addr replace ${cidrOf(pool, pool.gateway)} dev ${conf.bridge}${nodad(pool)}`,
-      why: 'bash: ip addr add <gateway> dev cni0 (done by hand)',
-    })),
-    { line: `link set dev ${conf.bridge} up`, why: 'bash: ip link set cni0 up (done by hand)' },
-    { line: `link show dev ${conf.bridge}` },
-    { line: `link show dev ${p.hostVeth}` },
   ]
 }
 
-/** Pod side: address, link up and the default route via the bridge, then the MAC for the result. */
-export function podSteps(p: PodPlan): Step[] {
+/** The host end joins the bridge. */
+export function attachSteps(p: PodPlan): Step[] {
+  return [
+    { line: `link set dev ${p.hostVeth} master ${p.conf.bridge} up`, why: 'bash: ip link set $host_ifname up; ip link set $host_ifname master cni0' },
+    ...(p.conf.hairpinMode ? [{ line: `link set dev ${p.hostVeth} type bridge_slave hairpin on`, why: 'new: a pod can reach itself through a Service VIP' }] : []),
+  ]
+}
+
+/** The pod's addresses, and its link up. */
+export function podAddressSteps(p: PodPlan): Step[] {
   return [
     ...p.ips.map(({ pool, ip }) => ({
-      line: `addr add ${cidrOf(pool, ip)} dev ${p.ifname}${nodad(pool)}`,
+      line: `addr add ${cidrOf(pool, ip)} dev ${p.ifname}${nodad(pool.family)}`,
       why: 'bash: ip netns exec $CNI_CONTAINERID ip addr add $ip/$mask dev $CNI_IFNAME',
     })),
     { line: `link set dev ${p.ifname} up`, why: 'bash: ip netns exec $CNI_CONTAINERID ip link set $CNI_IFNAME up' },
-    ...p.ips.map(({ pool }) => ({
-      line: `route add ${pool.family === 4 ? 'default' : '::/0'} via ${formatAddress(pool.family, pool.gateway)} dev ${p.ifname}`,
-      why: 'bash: ip netns exec $CNI_CONTAINERID ip route add default via $gw dev $CNI_IFNAME',
-    })),
+  ]
+}
+
+/** The pod's default route via the bridge, one per family. */
+export function podRouteSteps(p: PodPlan): Step[] {
+  return p.ips.map(({ pool }) => ({
+    line: `route add ${pool.family === 4 ? 'default' : '::/0'} via ${formatAddress(pool.family, pool.gateway)} dev ${p.ifname}`,
+    why: 'bash: ip netns exec $CNI_CONTAINERID ip route add default via $gw dev $CNI_IFNAME',
+  }))
+}
+
+/** The host side's batch: the pair, attached, the bridge re-asserted, then the MACs for the result. */
+export function hostSteps(p: PodPlan): Step[] {
+  return [...vethSteps(p), ...attachSteps(p), ...bridgeSteps(p.conf), { line: `link show dev ${p.conf.bridge}` }, { line: `link show dev ${p.hostVeth}` }]
+}
+
+/** The pod side's batch: address, link up and the default route, then the MAC for the result. */
+export function podSteps(p: PodPlan): Step[] {
+  return [
+    ...podAddressSteps(p),
+    ...podRouteSteps(p),
     { line: `link show dev ${p.ifname}`, why: 'bash: ip netns exec ... ip link show eth0 | awk (the MAC for the result)' },
   ]
 }
 
-export async function setupPod(p: PodPlan, onSpawn: (proc: Proc) => void): Promise<PodLinks> {
+/** A pod set up, or the host end's random name taken by another ADD between our check and our create: draw again. */
+export type PodSetup = { links: PodLinks } | { nameTaken: CniError }
+
+/**
+ * The two batches, one on each side. Whatever fails once the pair exists, the pair is deleted before the error
+ * goes on, so a failed ADD leaves no veth behind.
+ */
+export async function setupPod(p: PodPlan, onSpawn: (proc: Proc) => void): Promise<PodSetup> {
   const host = await ipBatch(hostSteps(p), undefined, onSpawn)
   if (host.code !== 0) {
-    if (host.failedLine === 1 && /File exists/.test(host.error) && !linkExists(p.hostVeth))
+    const error = kernelError('cannot create the veth pair', host)
+    if (host.failedLine !== 1) {
+      await rollback(p)
+      throw error
+    }
+    // The first line made nothing.
+    if (linkExists(p.hostVeth)) return { nameTaken: error }
+    if (/File exists/.test(host.error))
       throw new CniError(Code.AlreadyExists, `interface ${p.ifname} already exists in ${p.netns}`, 'DEL the old attachment or choose another CNI_IFNAME')
-    throw Object.assign(kernelError('cannot create the veth pair', host), { hostVethCreated: host.failedLine !== 1 })
+    throw error
   }
-  // The host end exists from here on: whatever fails, even starting nsenter, the caller must remove it.
-  const pod = await ipBatch(podSteps(p), p.netns, onSpawn).catch((e) => {
-    throw Object.assign(e, { hostVethCreated: true })
-  })
-  if (pod.code !== 0) throw Object.assign(kernelError(`cannot configure ${p.ifname} in ${p.netns}`, pod), { hostVethCreated: true })
-  return { bridgeMac: host.json[0][0].address, hostVethMac: host.json[1][0].address, podMac: pod.json[0][0].address }
+  // The host end exists from here on: whatever fails, even starting nsenter, it goes.
+  try {
+    const pod = await ipBatch(podSteps(p), p.netns, onSpawn)
+    if (pod.code !== 0) throw kernelError(`cannot configure ${p.ifname} in ${p.netns}`, pod)
+    return { links: { bridgeMac: macOf(host, p.conf.bridge), hostVethMac: macOf(host, p.hostVeth), podMac: macOf(pod, p.ifname) } }
+  } catch (e) {
+    await rollback(p)
+    throw e
+  }
+}
+
+async function rollback(p: PodPlan): Promise<void> {
+  await teardownPod('', p.ifname, p.hostVeth).catch((e) => log.error(`rollback: ${e.message}`))
+}
+
+/** The MAC a batch's `link show dev NAME` printed, found by the name rather than the line's place in the batch. */
+function macOf(r: BatchResult, name: string): string {
+  const link = r.json.flat().find((l) => l?.ifname === name)
+  if (typeof link?.address !== 'string') throw new CniError(Code.Kernel, `ip did not show the MAC of ${name}`)
+  return link.address
 }
 
 /**

@@ -1,18 +1,17 @@
 // Logs go to the log file and stderr, never stdout: stdout carries only the result or error JSON.
 import { appendFileSync, mkdirSync } from 'node:fs'
 import { dirname } from 'node:path'
-import type { LogLevel } from './netconf.ts'
 
-const RANK: Record<LogLevel, number> = { error: 0, info: 1, debug: 2 }
+export type LogLevel = 'error' | 'info' | 'debug'
+// In rising verbosity: a level logs what its rank and those before it say.
+export const LOG_LEVELS: LogLevel[] = ['error', 'info', 'debug']
 
 let file = ''
 let level: LogLevel = 'info'
-let context = ''
 
-export function configureLog(opts: { file?: string; level?: LogLevel; context?: string }): void {
+export function configureLog(opts: { file?: string; level?: LogLevel }): void {
   if (opts.file !== undefined) file = opts.file
   if (opts.level !== undefined) level = opts.level
-  if (opts.context !== undefined) context = opts.context
 }
 
 const NAMED: Record<string, string> = { '\n': '\\n', '\r': '\\r', '\t': '\\t' }
@@ -30,8 +29,8 @@ export function escapeControl(text: string): string {
 }
 
 function write(lvl: LogLevel, msg: string): void {
-  if (RANK[lvl] > RANK[level]) return
-  const line = `${new Date().toISOString()} ${lvl.toUpperCase()} [${process.pid}] ${escapeControl(context + msg)}\n`
+  if (LOG_LEVELS.indexOf(lvl) > LOG_LEVELS.indexOf(level)) return
+  const line = `${new Date().toISOString()} ${lvl.toUpperCase()} [${process.pid}] ${escapeControl(msg)}\n`
   process.stderr.write(line)
   if (!file) return
   try {

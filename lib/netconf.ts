@@ -2,6 +2,7 @@
 // touches the kernel, so that every mistake is reported as error 6 or 7 naming the field and its value.
 import { CniError, Code, assertSupportedVersion, isValidBridgeName } from './cni.ts'
 import { type Cidr, type Family, contains, formatCidr, normalizeCidr, parseAddress, parseCidr, specialRangeOverlapped } from './ip.ts'
+import { LOG_LEVELS, type LogLevel } from './log.ts'
 
 /** One address family's pod subnet: where pods get their addresses, and the cluster range around it. */
 export interface Pool {
@@ -25,7 +26,11 @@ export interface NetConf {
   logFile: string
   logLevel: LogLevel
   prevResult?: PrevResult
-  raw: Record<string, unknown>
+  /**
+   * GC's `cni.dev/valid-attachments`, as `containerID:ifname` keys. Read when GC asks, after its version check:
+   * no other command looks at the field, so a malformed one fails GC alone.
+   */
+  validAttachments: () => Set<string>
 }
 
 /** The parts of a previous result that CHECK compares with the kernel; addresses as `ip` prints them. */
@@ -34,10 +39,7 @@ export interface PrevResult {
   ips: { address: string }[]
 }
 
-export type LogLevel = 'error' | 'info' | 'debug'
-const LOG_LEVELS: LogLevel[] = ['error', 'info', 'debug']
-
-export const DEFAULTS = {
+const DEFAULTS = {
   bridge: 'cni0',
   dataDir: '/run/kube-cni/ipam',
   logFile: '/var/log/kube-cni.log',
@@ -110,8 +112,33 @@ export function parseNetConf(stdin: string): NetConf {
     logFile: optional(raw, 'logFile', 'string', DEFAULTS.logFile),
     logLevel,
     prevResult: parsePrevResult(raw.prevResult),
-    raw,
+    // The key is `cni.dev/valid-attachments`; the 1.1.0 tag of the spec called it `cni.dev/attachments`.
+    validAttachments: () => parseValidAttachments(raw['cni.dev/valid-attachments'] ?? raw['cni.dev/attachments']),
   }
+}
+
+function parseValidAttachments(listed: unknown): Set<string> {
+  // An absent list is refused too: GC without one would free every attachment.
+  if (listed !== null && !Array.isArray(listed))
+    throw new CniError(Code.InvalidConfig, 'GC needs "cni.dev/valid-attachments": a list of {containerID, ifname}')
+  // A malformed entry is refused whole: guessing what it meant could tear down a live pod.
+  return new Set(
+    ((listed ?? []) as unknown[]).map((a, i) => {
+      const entry = a as { containerID?: unknown; ifname?: unknown } | null
+      if (typeof entry?.containerID !== 'string' || typeof entry.ifname !== 'string' || !entry.containerID || !entry.ifname)
+        throw new CniError(
+          Code.InvalidConfig,
+          `GC: "cni.dev/valid-attachments" entry ${i} ${JSON.stringify(a)} is not an object with a string "containerID" and "ifname"`,
+          'the runtime must list every attachment it keeps with both fields; nothing was freed',
+        )
+      return attachmentKey(entry.containerID, entry.ifname)
+    }),
+  )
+}
+
+/** How GC matches an attachment the runtime keeps with one the store holds. */
+export function attachmentKey(containerId: string, ifname: string): string {
+  return `${containerId}:${ifname}`
 }
 
 function optional<T>(raw: Record<string, unknown>, field: string, type: string, fallback: T): T {

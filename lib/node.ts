@@ -10,20 +10,17 @@
 // - the bridge and the sysctls are reads under /proc/sys/net, which reflects the netns of the reader;
 // - the rules are one `iptables-restore --noflush` per family whose every line is a `-C` check: it changes
 //   nothing and fails when a rule or chain is gone.
-// The repair runs under an flock on a file we hold open (see withLock); the kernel drops it when we exit, even
+// The repair runs under an flock on a file we hold open (see withLock in lib/fs.ts); the kernel drops it when we exit, even
 // by SIGKILL, so the lock cannot outlive its holder, and `-w` bounds the wait so it cannot deadlock.
-import { accessSync, closeSync, constants, existsSync, openSync, readFileSync, statfsSync, writeFileSync } from 'node:fs'
+import { accessSync, constants, existsSync, readFileSync, statfsSync, writeFileSync } from 'node:fs'
 import { dirname, join } from 'node:path'
-import { spawn } from 'node:child_process'
 import { CniError, Code } from './cni.ts'
-import { explainSteps, run, spawnError } from './exec.ts'
+import { explainSteps, run } from './exec.ts'
+import { ioError, makeDir, withLock, writeAtomic } from './fs.ts'
 import { formatCidr } from './ip.ts'
-import { assertPrivateDir, ioError, makeDir, writeAtomic } from './ipam.ts'
 import { createBridge, linkExists } from './link.ts'
 import { log } from './log.ts'
 import type { NetConf, Pool } from './netconf.ts'
-
-const LOCK_WAIT_SECONDS = 30
 
 export async function ensureNode(conf: NetConf): Promise<void> {
   const marker = join(conf.dataDir, conf.name, 'node-ready')
@@ -276,34 +273,6 @@ async function iptables(conf: NetConf, argv: string[], input = ''): Promise<void
   const r = await run(argv, input).catch((e) => {
     throw new CniError(Code.Internal, `cannot run ${argv[0]}: ${(e as Error).message}`, hint)
   })
-  if (r.code !== 0) throw new CniError(Code.Internal, `${argv.join(' ')} failed: ${r.stderr.trim()}`, hint)
-}
-
-/**
- * Runs fn while holding an exclusive flock on `path`. We open the file ourselves, so a disk or permission
- * problem is error 5 naming it (never a lock timeout); `flock(1)` takes the lock on our open file description
- * passed as its fd 3 and exits. The lock belongs to that description, which our fd keeps open: it ends when we
- * close it or exit, even by SIGKILL.
- */
-export async function withLock<T>(path: string, fn: () => Promise<T>): Promise<T> {
-  makeDir(join(path, '..'))
-  assertPrivateDir(join(path, '..'))
-  let fd: number
-  try {
-    // O_RDONLY is enough for flock, and opens an existing lock file on a read-only filesystem too.
-    fd = openSync(path, constants.O_RDONLY | constants.O_CREAT | constants.O_NOFOLLOW, 0o600)
-  } catch (e) {
-    throw ioError('open the lock file', path, e)
-  }
-  try {
-    const code = await new Promise<number | null>((resolve, reject) => {
-      const flock = spawn('flock', ['-x', '-w', String(LOCK_WAIT_SECONDS), '3'], { stdio: ['ignore', 'ignore', 'inherit', fd] })
-      flock.on('error', (e) => reject(spawnError('flock', e)))
-      flock.on('exit', resolve)
-    })
-    if (code !== 0) throw new CniError(Code.TryAgainLater, `could not lock ${path} within ${LOCK_WAIT_SECONDS}s`, 'another kube-cni is setting up this node; retry')
-    return await fn()
-  } finally {
-    closeSync(fd)
-  }
+  // The kernel refused a rule, as it refuses an `ip` step: the same code. A missing tool stays an internal error.
+  if (r.code !== 0) throw new CniError(Code.Kernel, `${argv.join(' ')} failed: ${r.stderr.trim()}`, hint)
 }

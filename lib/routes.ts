@@ -18,7 +18,7 @@ import { join } from 'node:path'
 import { parseArgs } from 'node:util'
 import { CONFLIST_NAME } from './conflist.ts'
 import { type Step, explain, explainSteps, run } from './exec.ts'
-import { type Cidr, type Family, contains, containsAddress, formatAddress, formatCidr, macFromAddress, parseAddress, parseCidr, specialRangeOverlapped } from './ip.ts'
+import { type Cidr, type Family, contains, containsAddress, formatAddress, formatCidr, macFromAddress, networkOf, parseAddress, parseCidr, specialRangeOverlapped } from './ip.ts'
 import { type NodeList, internalIPs, nodeName, podCIDRs } from './kube.ts'
 import { type NetConf, parseNetConf } from './netconf.ts'
 
@@ -194,9 +194,7 @@ const quote = (v: unknown) => (JSON.stringify(v) ?? String(v)).slice(0, 80)
 
 /** The connected network of a local address: 192.0.2.10/24 -> 192.0.2.0/24. */
 function subnetOf(l: LocalAddress): Cidr {
-  const bits = BigInt((l.family === 4 ? 32 : 128) - l.prefix)
-  const network = (l.value >> bits) << bits
-  return { family: l.family, network, last: network + (1n << bits) - 1n, prefix: l.prefix }
+  return networkOf(l.family, l.value, l.prefix)
 }
 
 function vtepMac(cidrs: Cidr[]): string {

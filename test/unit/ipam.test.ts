@@ -171,9 +171,9 @@ test('a container ID longer than a file name allows gets a record, and GC learns
   assert.equal(store.readRecord(who(long))?.ips, [ip])
   for (const name of readdirSync(join(dir, 'net', 'attachments'))) assert.ok(name.length <= 255, name)
   assert.equal(store.listAttachments().map((a) => a.owner.containerId.length).sort(), [300, 301])
-  assert.ok(store.free(ip, who(long)))
-  store.dropRecord(who(long))
+  store.release(who(long))
   assert.is(store.readRecord(who(long)), undefined)
+  assert.is(store.ownerOf(ip), undefined, 'release frees the IPs the record names')
 })
 
 test('a planted record: its IPs never become paths, a host veth kube-cni did not name is dropped', () => {

@@ -2,7 +2,7 @@
 // outside (CNI_IFNAME, the bridge, the host veth) reaches `ip` behind its keyword.
 import { test } from 'uvu'
 import * as assert from 'uvu/assert'
-import { type PodPlan, hostSteps, podSteps } from '../../lib/link.ts'
+import { type PodPlan, attachSteps, bridgeSteps, hostSteps, podAddressSteps, podRouteSteps, podSteps, vethSteps } from '../../lib/link.ts'
 import { parseNetConf } from '../../lib/netconf.ts'
 
 const conf = (extra: Record<string, unknown> = {}) =>
@@ -35,6 +35,17 @@ test('pod side: address, link up, default route via the gateway, then its MAC', 
     'route add default via 10.200.1.1 dev eth0',
     'link show dev eth0',
   ])
+})
+
+test('the batches are the bash steps in order: veth into the sandbox, attach, bridge; pod address, pod route', () => {
+  const p = plan()
+  assert.equal(lines(vethSteps(p)), ['link add name veth0a1b2c3d type veth peer name eth0 netns /var/run/netns/pod1'])
+  assert.equal(lines(attachSteps(p)), ['link set dev veth0a1b2c3d master cni0 up', 'link set dev veth0a1b2c3d type bridge_slave hairpin on'])
+  assert.equal(lines(bridgeSteps(p.conf)), ['addr replace 10.200.1.1/24 dev cni0', 'link set dev cni0 up'])
+  assert.equal(lines(podAddressSteps(p)), ['addr add 10.200.1.2/24 dev eth0', 'link set dev eth0 up'])
+  assert.equal(lines(podRouteSteps(p)), ['route add default via 10.200.1.1 dev eth0'])
+  assert.equal(lines(hostSteps(p)).slice(0, 5), lines([...vethSteps(p), ...attachSteps(p), ...bridgeSteps(p.conf)]))
+  assert.equal(lines(podSteps(p)).slice(0, 3), lines([...podAddressSteps(p), ...podRouteSteps(p)]))
 })
 
 test('"hairpinMode": false leaves hairpin off', () => {

@@ -40,6 +40,21 @@ test('runtime keys are accepted and unknown keys ignored', () => {
   assert.equal(c.prevResult, { interfaces: [], ips: [] })
 })
 
+test('GC\'s valid attachments: either key; an absent, null or malformed one fails only when GC reads it (code 7)', () => {
+  assert.equal([...parse({ 'cni.dev/valid-attachments': [{ containerID: 'a', ifname: 'eth0' }] }).validAttachments()], ['a:eth0'])
+  assert.equal([...parse({ 'cni.dev/attachments': [{ containerID: 'b', ifname: 'net1' }] }).validAttachments()], ['b:net1'])
+  assert.equal([...parse({ 'cni.dev/valid-attachments': [] }).validAttachments()], [])
+  for (const bad of [undefined, null, {}, [{ containerID: 'a' }], [null], [{ containerID: '', ifname: 'eth0' }]]) {
+    const c = parse({ 'cni.dev/valid-attachments': bad })
+    try {
+      c.validAttachments()
+      assert.unreachable(JSON.stringify(bad))
+    } catch (e) {
+      assert.is((e as CniError).code, 7, (e as Error).message)
+    }
+  }
+})
+
 test('prevResult: addresses as ip prints them, interfaces with name and, where given, mac and sandbox', () => {
   const prevResult = {
     cniVersion: '1.0.0',

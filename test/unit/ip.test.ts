@@ -1,0 +1,21 @@
+// Address arithmetic on ip-num: the network a local address is on, as the routes planner asks for it.
+import { test } from 'uvu'
+import * as assert from 'uvu/assert'
+import { formatCidr, networkOf, parseAddress } from '../../lib/ip.ts'
+
+const on = (address: string, prefix: number) => {
+  const a = parseAddress(address)!
+  return networkOf(a.family, a.value, prefix)
+}
+
+test('networkOf clears the host bits and spans the whole network, in both families and at the edges', () => {
+  assert.is(formatCidr(on('192.0.2.10', 24)), '192.0.2.0/24')
+  assert.is(on('192.0.2.10', 24).last, parseAddress('192.0.2.255')!.value)
+  assert.is(formatCidr(on('192.0.2.10', 32)), '192.0.2.10/32')
+  assert.is(on('192.0.2.10', 0).last, parseAddress('255.255.255.255')!.value)
+  assert.is(formatCidr(on('2001:db8:a::3', 64)), '2001:db8:a::/64')
+  assert.is(on('2001:db8:a::3', 64).last, parseAddress('2001:db8:a:0:ffff:ffff:ffff:ffff')!.value)
+  assert.is(formatCidr(on('2001:db8:a::3', 128)), '2001:db8:a::3/128')
+})
+
+test.run()
