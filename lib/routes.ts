@@ -18,8 +18,8 @@ import { join } from 'node:path'
 import { parseArgs } from 'node:util'
 import { CONFLIST_NAME } from './conflist.ts'
 import { type Step, explain, explainSteps, run } from './exec.ts'
-import { type Cidr, type Family, contains, containsAddress, formatAddress, formatCidr, macFromAddress, networkOf, parseAddress, parseCidr, specialRangeOverlapped } from './ip.ts'
-import { type NodeList, internalIPs, nodeName, podCIDRs } from './kube.ts'
+import { type Cidr, type Family, contains, containsAddress, defaultRoute, formatAddress, formatCidr, macFromAddress, networkOf, nodad, parseAddress, parseCidr, specialRangeOverlapped } from './ip.ts'
+import { type NodeList, apiServerFor, internalIPs, nodeName, podCIDRs, readNodeList, readNodeListFile } from './kube.ts'
 import { type NetConf, parseNetConf } from './netconf.ts'
 
 export const ROUTE_PROTO = 211
@@ -283,7 +283,7 @@ export async function readCurrent(): Promise<Current> {
 }
 
 function normalizeDst(dst: string, family: Family): string {
-  if (dst === 'default') return family === 4 ? '0.0.0.0/0' : '::/0'
+  if (dst === 'default') return defaultRoute(family)
   const c = parseCidr(dst.includes('/') ? dst : `${dst}/${family === 4 ? 32 : 128}`)
   return c ? formatCidr(c) : dst
 }
@@ -348,7 +348,7 @@ export function diff(plan: Plan, current: Current): { ip: Change[]; bridge: Chan
     if (!have?.up || fresh) ip.push({ line: `link set dev ${VXLAN_DEV} up` })
     for (const v of want.vteps)
       if (fresh || !have?.addresses.includes(v.address))
-        ip.push({ line: `addr replace ${v.address}/${v.family === 4 ? 32 : 128} dev ${VXLAN_DEV}${v.family === 6 ? ' nodad' : ''}` })
+        ip.push({ line: `addr replace ${v.address}/${v.family === 4 ? 32 : 128} dev ${VXLAN_DEV}${nodad(v.family)}` })
     const neighbours = fresh ? [] : current.neighbours
     for (const n of want.neighbours)
       if (!neighbours.some((c) => c.address === n.address && c.mac === n.mac))
@@ -531,12 +531,11 @@ export async function routesCommand(argv: string[]): Promise<number> {
   if (!(seconds >= 0)) throw new Error(`--watch takes a number of seconds, or nothing to watch the API server; not ${o.watch}`)
   const resyncMs = parseDuration('--resync', o.resync)
   const networks = clusterNetworks(o.network, o.conflist)
-  const kube = await import('./kube.ts')
-  const api = o['nodes-json'] === undefined ? kube.apiServerFor({ kubectl: o.kubectl, kubeconfig: o.kubeconfig }) : undefined
+  const api = o['nodes-json'] === undefined ? apiServerFor({ kubectl: o.kubectl, kubeconfig: o.kubeconfig }) : undefined
   const readNodes = () =>
     o['nodes-json'] !== undefined
-      ? Promise.resolve(kube.readNodeListFile(o['nodes-json']))
-      : kube.readNodeList({ kubectl: o.kubectl, kubeconfig: o.kubeconfig })
+      ? Promise.resolve(readNodeListFile(o['nodes-json']))
+      : readNodeList({ kubectl: o.kubectl, kubeconfig: o.kubeconfig })
   const { runAgent, reconcileLogged } = await import('./agent.ts')
   const agent = { node: o.node, backend: o.backend as Backend, networks, dryRun: o['dry-run'], metricsAddr: o['metrics-addr'], conflist: o.conflist }
   if (o.watch === undefined) {
