@@ -62,6 +62,18 @@ done
 PATH="$tools:$PATH" exec node /etc/kube-cni/kube-cni routes --node "$NODE_NAME" --network "$NETWORK" --backend "$BACKEND" --watch --metrics-addr 127.0.0.1:${METRICS_PORT}
 `
 
+// Both containers need the node's name and the cluster network.
+const NODE_ENV = `            - name: NODE_NAME
+              valueFrom:
+                fieldRef:
+                  fieldPath: spec.nodeName
+            - name: NETWORK
+              valueFrom:
+                configMapKeyRef:
+                  name: kube-cni
+                  key: network
+`
+
 const indent = (text: string, n: number) =>
   text
     .split('\n')
@@ -150,16 +162,7 @@ spec:
             - |
 ${indent(INIT_SCRIPT, 14)}
           env:
-            - name: NODE_NAME
-              valueFrom:
-                fieldRef:
-                  fieldPath: spec.nodeName
-            - name: NETWORK
-              valueFrom:
-                configMapKeyRef:
-                  name: kube-cni
-                  key: network
-          volumeMounts:
+${NODE_ENV}          volumeMounts:
             # The node's root, read only; its CNI dirs are mounted writable on top.
             - name: host-root
               mountPath: /host
@@ -183,16 +186,7 @@ ${indent(INIT_SCRIPT, 14)}
             - |
 ${indent(ROUTES_SCRIPT, 14)}
           env:
-            - name: NODE_NAME
-              valueFrom:
-                fieldRef:
-                  fieldPath: spec.nodeName
-            - name: NETWORK
-              valueFrom:
-                configMapKeyRef:
-                  name: kube-cni
-                  key: network
-            - name: BACKEND
+${NODE_ENV}            - name: BACKEND
               valueFrom:
                 configMapKeyRef:
                   name: kube-cni
