@@ -9,10 +9,20 @@ import { inNetns } from './netns.ts'
 
 export const ECHO_PORT = 7777
 
-/** Listens on port (all addresses, both families) and says so on stdout once it does. */
+/**
+ * Listens on port (all addresses, both families) and says so on stdout once it does. A port already taken
+ * is the server an earlier `lab up` or `lab check` left in this netns (they live as long as it does): that
+ * one answers, so this one says so and leaves, and a lab can be checked again and again.
+ */
 export async function serve(port: number): Promise<void> {
   const server = createServer((s) => s.end(`${s.remoteAddress?.replace(/^::ffff:/, '')}\n`))
-  await once(server.listen(port, '::'), 'listening')
+  try {
+    await once(server.listen(port, '::'), 'listening')
+  } catch (e) {
+    if ((e as NodeJS.ErrnoException).code !== 'EADDRINUSE') throw e
+    process.stdout.write('listening\n')
+    return
+  }
   process.stdout.write('listening\n')
   await once(server, 'close')
 }
