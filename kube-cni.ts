@@ -24,7 +24,7 @@ import {
 } from './lib/cni.ts'
 import { killLeftovers, run } from './lib/exec.ts'
 import { defaultRoute, formatAddress, formatCidr, normalizeCidr } from './lib/ip.ts'
-import { type Attachment, type Listed, type Owner, storeFor } from './lib/ipam.ts'
+import { type Attachment, LEAK_HINT, type Listed, type Owner, storeFor } from './lib/ipam.ts'
 import { type PodPlan, netnsProblem, newHostVethName, readMaster, readPod, setupPod, teardownPod } from './lib/link.ts'
 import { configureLog, log } from './lib/log.ts'
 import { MAX_STDIN, type NetConf, askedVersion, attachmentKey, decodeJSON, parseNetConf } from './lib/netconf.ts'
@@ -211,7 +211,7 @@ function cmdStatus(conf: NetConf): void {
       throw new CniError(
         Code.NotAvailable,
         `no free IP address in ${formatCidr(pool.subnet)}: all ${used} are reserved`,
-        'run a CNI GC to free leaked addresses, or give the node a larger podCIDR',
+        LEAK_HINT,
       )
   }
 }

@@ -46,6 +46,9 @@ export interface AttachmentRecord {
   adding?: Proc // the ADD that wrote it: while that process lives, GC leaves the attachment alone
 }
 
+/** containerd 1.x never sends GC: the doctor finds the leaks on any runtime, and prints what frees just them. */
+export const LEAK_HINT = 'run `kube-cni doctor` on the node: its ipam-leaks check names the leaked addresses and the command that frees exactly them (or a runtime that sends CNI GC frees them); or give the node a larger podCIDR'
+
 /** A record file written in the last moments may be half-written by an ADD: GC leaves it for the next run. */
 const FRESH_MS = 10_000
 
@@ -147,7 +150,7 @@ export class Store {
     throw new CniError(
       Code.PoolExhausted,
       `no free IP address in ${formatCidr(pool.subnet)}: all ${this.countReserved(pool)} are reserved`,
-      `free leaked addresses with a CNI GC (or delete stale files in ${this.dir}), or give the node a larger podCIDR`,
+      LEAK_HINT,
     )
   }
 
