@@ -73,6 +73,39 @@ export interface Change extends Step {
 
 const overlaps = (a: Cidr, b: Cidr) => a.family === b.family && a.network <= b.last && b.network <= a.last
 
+/**
+ * The podCIDRs already given to a peer, per family, sorted by start. They never overlap one another, so the only
+ * one that can overlap a new range is the last that starts before that range ends: a binary search, where a scan
+ * of every claim for every peer would cost seconds at thousands of Nodes.
+ */
+class Claims {
+  private readonly byFamily = new Map<Family, { cidr: Cidr; node: string }[]>()
+
+  overlapping(c: Cidr): { cidr: Cidr; node: string } | undefined {
+    const list = this.byFamily.get(c.family) ?? []
+    const k = list[this.lastStartingBy(list, c.last)]
+    return k && k.cidr.last >= c.network ? k : undefined
+  }
+
+  add(cidr: Cidr, node: string): void {
+    if (this.overlapping(cidr)) return // one peer's own ranges overlapping each other: the first stands
+    const list = this.byFamily.get(cidr.family) ?? []
+    list.splice(this.lastStartingBy(list, cidr.network) + 1, 0, { cidr, node })
+    this.byFamily.set(cidr.family, list)
+  }
+
+  private lastStartingBy(list: { cidr: Cidr }[], value: bigint): number {
+    let lo = 0
+    let hi = list.length
+    while (lo < hi) {
+      const mid = (lo + hi) >> 1
+      if (list[mid].cidr.network <= value) lo = mid + 1
+      else hi = mid
+    }
+    return lo - 1
+  }
+}
+
 /** Why a peer's podCIDR must not become a route here, or undefined when it may. */
 function cidrProblem(c: Cidr, own: Cidr[], networks: Cidr[] | undefined, local: LocalAddress[]): string | undefined {
   const text = formatCidr(c)
@@ -146,14 +179,14 @@ export function planRoutes(nodes: NodeList, self: string, backend: Backend, loca
   }
 
   // Two Nodes claiming one range: the first by name keeps it, every run, instead of the route flipping.
-  const claimed: { cidr: Cidr; node: string }[] = []
+  const claimed = new Claims()
   for (const p of [...peers].sort((x, y) => (x.name < y.name ? -1 : x.name > y.name ? 1 : 0))) {
-    const clash = p.cidrs.flatMap((c) => claimed.filter((k) => overlaps(k.cidr, c)).map((k) => ({ c, k })))[0]
+    const clash = p.cidrs.map((c) => ({ c, k: claimed.overlapping(c) })).find(({ k }) => k)
     if (clash) {
-      p.problems.push(`podCIDR ${formatCidr(clash.c)} is also claimed by ${clash.k.node} (${formatCidr(clash.k.cidr)}), which keeps it: the first by name`)
+      p.problems.push(`podCIDR ${formatCidr(clash.c)} is also claimed by ${clash.k!.node} (${formatCidr(clash.k!.cidr)}), which keeps it: the first by name`)
       p.cidrs = []
     }
-    claimed.push(...p.cidrs.map((cidr) => ({ cidr, node: p.name })))
+    for (const cidr of p.cidrs) claimed.add(cidr, p.name)
   }
 
   for (const { name, all, cidrs, ips, problems } of peers) {
@@ -349,26 +382,30 @@ export function diff(plan: Plan, current: Current): { ip: Change[]; bridge: Chan
     for (const v of want.vteps)
       if (fresh || !have?.addresses.includes(v.address))
         ip.push({ line: `addr replace ${v.address}/${v.family === 4 ? 32 : 128} dev ${VXLAN_DEV}${nodad(v.family)}` })
+    // Maps and sets, not nested searches: with thousands of peers a quadratic diff costs seconds per reconcile.
     const neighbours = fresh ? [] : current.neighbours
+    const macOf = new Map(neighbours.map((c) => [c.address, c.mac]))
     for (const n of want.neighbours)
-      if (!neighbours.some((c) => c.address === n.address && c.mac === n.mac))
-        ip.push({ line: `neigh replace ${n.address} lladdr ${n.mac} dev ${VXLAN_DEV} nud permanent`, node: n.node })
-    for (const c of neighbours)
-      if (!want.neighbours.some((n) => n.address === c.address)) ip.push({ line: `neigh del ${c.address} dev ${VXLAN_DEV}` })
+      if (macOf.get(n.address) !== n.mac) ip.push({ line: `neigh replace ${n.address} lladdr ${n.mac} dev ${VXLAN_DEV} nud permanent`, node: n.node })
+    const wantedNeighbours = new Set(want.neighbours.map((n) => n.address))
+    for (const c of neighbours) if (!wantedNeighbours.has(c.address)) ip.push({ line: `neigh del ${c.address} dev ${VXLAN_DEV}` })
+    const fdbKey = (f: { mac: string; dst: string }) => `${f.mac} ${f.dst}`
     const fdb = fresh ? [] : current.fdb
+    const haveFdb = new Set(fdb.map(fdbKey))
     for (const f of want.fdb)
-      if (!fdb.some((c) => c.mac === f.mac && c.dst === f.dst))
-        bridge.push({ line: `fdb replace ${f.mac} dev ${VXLAN_DEV} dst ${f.dst} self permanent`, node: f.node })
-    for (const c of fdb)
-      if (!want.fdb.some((f) => f.mac === c.mac && f.dst === c.dst)) bridge.push({ line: `fdb del ${c.mac} dev ${VXLAN_DEV} dst ${c.dst} self` })
+      if (!haveFdb.has(fdbKey(f))) bridge.push({ line: `fdb replace ${f.mac} dev ${VXLAN_DEV} dst ${f.dst} self permanent`, node: f.node })
+    const wantedFdb = new Set(want.fdb.map(fdbKey))
+    for (const c of fdb) if (!wantedFdb.has(fdbKey(c))) bridge.push({ line: `fdb del ${c.mac} dev ${VXLAN_DEV} dst ${c.dst} self` })
   }
+  const foreignTo = new Map(foreign.map((f) => [`${f.family} ${f.dst}`, f]))
   const wanted = plan.routes.filter((r) => {
-    const other = foreign.find((f) => f.family === r.family && f.dst === r.dst)
+    const other = foreignTo.get(`${r.family} ${r.dst}`)
     if (other) skipped.push({ node: r.node, reason: `a route to ${r.dst} that kube-cni did not make is there (${describe(other)}): left alone` })
     return !other
   })
+  const ours = new Map(routes.map((c) => [c.dst, c]))
   for (const r of wanted) {
-    const c = routes.find((x) => x.dst === r.dst)
+    const c = ours.get(r.dst)
     const spec = `${r.dst} via ${r.via}${r.dev ? ` dev ${r.dev} onlink` : ''} proto ${ROUTE_PROTO}`
     if (c && c.gateway === r.via && (!r.dev || c.dev === r.dev)) continue
     // IPv6 refuses to replace a route with one through another device ("Nexthop has invalid gateway"):
@@ -376,8 +413,9 @@ export function diff(plan: Plan, current: Current): { ip: Change[]; bridge: Chan
     if (c && r.family === 6 && c.dev !== r.dev) ip.push({ line: `route del ${r.dst} proto ${ROUTE_PROTO}`, node: r.node })
     ip.push({ line: `route replace ${spec}`, why, node: r.node })
   }
+  const wantedDsts = new Set(wanted.map((r) => r.dst))
   for (const c of routes)
-    if (!wanted.some((r) => r.dst === c.dst)) ip.push({ line: `route del ${c.dst} proto ${ROUTE_PROTO}`, why: 'no peer needs it any more' })
+    if (!wantedDsts.has(c.dst)) ip.push({ line: `route del ${c.dst} proto ${ROUTE_PROTO}`, why: 'no peer needs it any more' })
   // The ip lines create the device that the fdb lines need, so ip runs first.
   return { ip, bridge, skipped }
 }
