@@ -44,14 +44,14 @@ export const lazyIpNum: Plugin = {
 }
 
 // The modules kube-cni.ts imports only for its non-CNI commands, by the name they are imported with.
-const TOOLS = ['./lib/lab.ts', './lib/routes.ts', './lib/conflist.ts', './lib/doctor.ts']
+const TOOLS = ['./lib/tools/lab.ts', './lib/tools/routes.ts', './lib/tools/conflist.ts', './lib/tools/doctor.ts']
 
 /** In the main bundle, each tool module is served from the embedded tools bundle, evaluated on first use. */
 function embedTools(toolsCode: string): Plugin {
   return {
     name: 'embed-tools',
     setup(b) {
-      b.onResolve({ filter: /^\.\/lib\/(lab|routes|conflist|doctor)\.ts$/ }, (args) => ({ path: args.path, namespace: 'tool' }))
+      b.onResolve({ filter: /^\.\/lib\/tools\/(lab|routes|conflist|doctor)\.ts$/ }, (args) => ({ path: args.path, namespace: 'tool' }))
       b.onResolve({ filter: /^tools-loader$/ }, () => ({ path: 'tools-loader', namespace: 'tool' }))
       b.onLoad({ filter: /^tools-loader$/, namespace: 'tool' }, () => ({
         loader: 'js',
