@@ -21,14 +21,14 @@ import {
   printJSON,
   readInvocation,
   versionAtLeast,
-} from './lib/cni.ts'
-import { killLeftovers, run } from './lib/exec.ts'
-import { defaultRoute, formatAddress, formatCidr, normalizeCidr } from './lib/ip.ts'
-import { type Attachment, LEAK_HINT, type Listed, type Owner, storeFor } from './lib/ipam.ts'
-import { type PodPlan, netnsProblem, newHostVethName, readMaster, readPod, setupPod, teardownPod } from './lib/link.ts'
-import { configureLog, log } from './lib/log.ts'
-import { MAX_STDIN, type NetConf, askedVersion, attachmentKey, decodeJSON, parseNetConf } from './lib/netconf.ts'
-import { ensureNode, nodeProblems, observeNode } from './lib/node.ts'
+} from './lib/plugin/cni.ts'
+import { killLeftovers, run } from './lib/plugin/exec.ts'
+import { defaultRoute, formatAddress, formatCidr, normalizeCidr } from './lib/plugin/ip.ts'
+import { type Attachment, LEAK_HINT, type Listed, type Owner, storeFor } from './lib/plugin/ipam.ts'
+import { type PodPlan, netnsProblem, newHostVethName, readMaster, readPod, setupPod, teardownPod } from './lib/plugin/link.ts'
+import { configureLog, log } from './lib/plugin/log.ts'
+import { MAX_STDIN, type NetConf, askedVersion, attachmentKey, decodeJSON, parseNetConf } from './lib/plugin/netconf.ts'
+import { ensureNode, nodeProblems, observeNode } from './lib/plugin/node.ts'
 import { version } from './package.json'
 
 // ---- ADD -------------------------------------------------------------------------------------------------
@@ -164,7 +164,7 @@ async function cmdGc(conf: NetConf): Promise<void> {
   const valid = conf.validAttachments()
   const isValid = (o: Owner | null) => o !== null && valid.has(attachmentKey(o.containerId, o.ifname))
 
-  // An attachment whose ADD is still running is not in the list yet, and is not ours to free (lib/ipam.ts,
+  // An attachment whose ADD is still running is not in the list yet, and is not ours to free (lib/plugin/ipam.ts,
   // Adder): it is skipped with the IPs it names, and so is an IP file an ADD may have only just created.
   const store = storeFor(conf)
   const errors: string[] = []
@@ -337,10 +337,10 @@ async function main(): Promise<void> {
   }
   const [verb, ...rest] = process.argv.slice(2)
   // Commands other than the CNI ones load their modules only when asked, keeping ADD's start-up small.
-  if (verb === 'routes') process.exitCode = await (await import('./lib/routes.ts')).routesCommand(rest)
-  else if (verb === 'lab') process.exitCode = await (await import('./lib/lab.ts')).labCommand(rest)
-  else if (verb === 'conflist') process.exitCode = await (await import('./lib/conflist.ts')).conflistCommand(rest)
-  else if (verb === 'doctor') process.exitCode = await (await import('./lib/doctor.ts')).doctorCommand(rest)
+  if (verb === 'routes') process.exitCode = await (await import('./lib/tools/routes.ts')).routesCommand(rest)
+  else if (verb === 'lab') process.exitCode = await (await import('./lib/tools/lab.ts')).labCommand(rest)
+  else if (verb === 'conflist') process.exitCode = await (await import('./lib/tools/conflist.ts')).conflistCommand(rest)
+  else if (verb === 'doctor') process.exitCode = await (await import('./lib/tools/doctor.ts')).doctorCommand(rest)
   else if (verb === '--version') process.stdout.write(`kube-cni ${version}\n`)
   else if (verb === '--help' || verb === '-h' || verb === undefined) process.stdout.write(USAGE)
   else {

@@ -8,8 +8,8 @@ import { cpus, tmpdir, totalmem } from 'node:os'
 import { join } from 'node:path'
 import { parseArgs } from 'node:util'
 import { $ } from 'zx/core'
-import { addNetns, delNetns, inNetns, ipj, must, netnsWithPrefix, nsPath, sh } from '../lib/harness/netns.ts'
-import { type Call, callPlugin } from '../lib/harness/runtime.ts'
+import { addNetns, delNetns, inNetns, ipj, must, netnsWithPrefix, nsPath, sh } from '../lib/tools/harness/netns.ts'
+import { type Call, callPlugin } from '../lib/tools/harness/runtime.ts'
 
 const ROOT = join(__dirname, '..')
 const BUNDLE = join(ROOT, 'dist', 'kube-cni')

@@ -5,16 +5,17 @@
 //
 // 1. The commands that are not CNI (lab, routes, conflist, with zx and the API client) are half the code.
 //    V8 parses all code in a script before running it, but skips through a string literal almost for free.
-//    So the tools are bundled separately and embedded as a string, which runs only when such a command is
-//    asked for. An ADD parses about half as much (~5 ms).
+//    So lib/tools/ is bundled separately and embedded as a string, which runs only when such a command is
+//    asked for. An ADD parses about half as much (~5 ms). The tools use the main bundle's lib/plugin/
+//    modules (and so its ip-num) rather than a second copy of their own.
 //
 // 2. ip-num builds about a dozen constant ranges (IPv4.PRIVATE_RANGES,
 // IPv6.LINK_LOCAL_RANGE, ...) when it is loaded, each through its regex validators: that is ~15 ms of every
 // plugin start, for constants kube-cni never reads. The build turns each into a getter that builds it on
 // first use, so ip-num behaves the same and costs nothing until asked.
-import { chmodSync, mkdirSync, readFileSync, writeFileSync } from 'node:fs'
-import { join } from 'node:path'
-import { type Plugin, build } from 'esbuild'
+import { chmodSync, mkdirSync, readFileSync, readdirSync, writeFileSync } from 'node:fs'
+import { dirname, join, relative, resolve, sep } from 'node:path'
+import { type OnResolveArgs, type Plugin, build } from 'esbuild'
 
 const ROOT = join(__dirname, '..')
 export const BUNDLE = join(ROOT, 'dist', 'kube-cni')
@@ -43,25 +44,86 @@ export const lazyIpNum: Plugin = {
   },
 }
 
-// The modules kube-cni.ts imports only for its non-CNI commands, by the name they are imported with.
-const TOOLS = ['./lib/lab.ts', './lib/routes.ts', './lib/conflist.ts', './lib/doctor.ts']
+const TOOLS_DIR = join(ROOT, 'lib', 'tools')
+const PLUGIN_DIR = join(ROOT, 'lib', 'plugin')
 
-/** In the main bundle, each tool module is served from the embedded tools bundle, evaluated on first use. */
-function embedTools(toolsCode: string): Plugin {
+/** The file a relative import names, as a path from ROOT (the name both bundles use), when it lies in `dir`. */
+function inside(dir: string, args: OnResolveArgs): string | undefined {
+  if (!args.path.startsWith('.')) return undefined
+  const file = resolve(args.resolveDir, args.path)
+  return file.startsWith(dir + sep) ? relative(ROOT, file) : undefined
+}
+
+/**
+ * The tools bundle: every module in lib/tools/ is an entry, and what they import from lib/tools/ comes along.
+ * The plugin modules are NOT bundled again: they stay `require("lib/plugin/...")`, which the main bundle
+ * answers with its own copies (see embedTools). Returns the code and the plugin modules it asks for.
+ */
+async function buildTools(): Promise<{ code: string; plugin: string[] }> {
+  const entries = readdirSync(TOOLS_DIR).filter((f) => f.endsWith('.ts')).map((f) => relative(ROOT, join(TOOLS_DIR, f)))
+  const plugin = new Set<string>()
+  const out = await build({
+    ...common,
+    stdin: {
+      contents: entries.map((t) => `exports[${JSON.stringify(t)}] = require(${JSON.stringify(`./${t}`)});`).join('\n'),
+      resolveDir: ROOT,
+      loader: 'js',
+    },
+    plugins: [
+      {
+        name: 'plugin-from-main-bundle',
+        setup(b) {
+          b.onResolve({ filter: /^\./ }, (args) => {
+            const path = inside(PLUGIN_DIR, args)
+            if (path === undefined) return undefined
+            plugin.add(path)
+            return { path, external: true }
+          })
+        },
+      },
+    ],
+  })
+  return { code: out.outputFiles![0].text, plugin: [...plugin].sort() }
+}
+
+/**
+ * In the main bundle, each import of a lib/tools/ module is served from the embedded tools bundle, evaluated
+ * on first use, and the tools bundle's `require("lib/plugin/...")` gets the main bundle's own module.
+ *
+ * The main bundle hands those modules over from kube-cni.ts's top level (appended to it here), not by
+ * importing them in the loader: esbuild wraps every module a lazily loaded one imports in an init function,
+ * and the plugin modules would then start up wrapped on every ADD. The hand-over runs before any tool can:
+ * esbuild turns `await import()` into a promise callback, which runs only after the script's top level.
+ */
+function embedTools(tools: { code: string; plugin: string[] }): Plugin {
+  const entry = join(ROOT, 'kube-cni.ts')
   return {
     name: 'embed-tools',
     setup(b) {
-      b.onResolve({ filter: /^\.\/lib\/(lab|routes|conflist|doctor)\.ts$/ }, (args) => ({ path: args.path, namespace: 'tool' }))
-      b.onResolve({ filter: /^tools-loader$/ }, () => ({ path: 'tools-loader', namespace: 'tool' }))
+      b.onResolve({ filter: /^\./ }, (args) => {
+        const path = inside(TOOLS_DIR, args)
+        if (path === undefined) return undefined
+        if (dirname(path) !== relative(ROOT, TOOLS_DIR)) throw new Error(`${args.importer} imports ${path}: only the modules directly in lib/tools/ are entries of the tools bundle`)
+        return { path, namespace: 'tool' }
+      })
+      b.onResolve({ filter: /^tools-(loader|plugin)$/ }, (args) => ({ path: args.path, namespace: 'tool' }))
+      b.onLoad({ filter: /[\\/]kube-cni\.ts$/ }, (args) => {
+        if (args.path !== entry) return undefined
+        const imports = tools.plugin.map((p, i) => `import * as plugin${i} from ${JSON.stringify(`./${p}`)}`)
+        const handOver = `Object.assign(toolsPlugin, { ${tools.plugin.map((p, i) => `${JSON.stringify(p)}: plugin${i}`).join(', ')} })`
+        return { loader: 'ts', contents: [readFileSync(entry, 'utf8'), ...imports, "import { plugin as toolsPlugin } from 'tools-plugin'", handOver].join('\n') }
+      })
+      b.onLoad({ filter: /^tools-plugin$/, namespace: 'tool' }, () => ({ loader: 'js', contents: 'export const plugin = {}' }))
       b.onLoad({ filter: /^tools-loader$/, namespace: 'tool' }, () => ({
         loader: 'js',
-        contents: `const m = { exports: {} };
-require('node:vm').runInThisContext('(function (module, exports, require) {' + ${JSON.stringify(toolsCode)} + '\\n})', { filename: 'kube-cni-tools' })(m, m.exports, require);
-module.exports = m.exports;`,
+        contents: `import { plugin } from 'tools-plugin';
+const m = { exports: {} };
+require('node:vm').runInThisContext('(function (module, exports, require) {' + ${JSON.stringify(tools.code)} + '\\n})', { filename: 'kube-cni-tools' })(m, m.exports, (id) => plugin[id] ?? require(id));
+export default m.exports;`,
       }))
       b.onLoad({ filter: /.*/, namespace: 'tool' }, (args) => ({
         loader: 'js',
-        contents: `module.exports = require('tools-loader')[${JSON.stringify(args.path)}];`,
+        contents: `module.exports = require('tools-loader').default[${JSON.stringify(args.path)}];`,
       }))
     },
   }
@@ -79,21 +141,12 @@ const common = {
 }
 
 async function main(): Promise<void> {
-  const tools = await build({
-    ...common,
-    stdin: {
-      contents: TOOLS.map((t) => `exports[${JSON.stringify(t)}] = require(${JSON.stringify(t)});`).join('\n'),
-      resolveDir: ROOT,
-      loader: 'js',
-    },
-    outfile: join(ROOT, 'dist', 'tools.js'),
-    plugins: [lazyIpNum],
-  })
+  const tools = await buildTools()
   const out = await build({
     ...common,
     entryPoints: [join(ROOT, 'kube-cni.ts')],
     outfile: BUNDLE,
-    plugins: [lazyIpNum, embedTools(tools.outputFiles![0].text)],
+    plugins: [lazyIpNum, embedTools(tools)],
   })
   // kube-cni.ts's own shebang runs it under tsx; the bundle runs under plain node.
   const code = out.outputFiles![0].text.replace(/^#!.*\n/, '#!/usr/bin/env node\n')

@@ -5,7 +5,7 @@ import { existsSync, mkdirSync, symlinkSync, writeFileSync } from 'node:fs'
 import { join } from 'node:path'
 import { test } from 'uvu'
 import * as assert from 'uvu/assert'
-import { startTime } from '../../lib/exec.ts'
+import { startTime } from '../../lib/plugin/exec.ts'
 import { PLUGIN, TMP, cleanupAll, delNetns, must, sh } from '../helpers/cluster.ts'
 import { routes, twoNodes } from '../helpers/topology.ts'
 

@@ -6,7 +6,7 @@ import { test } from 'uvu'
 import * as assert from 'uvu/assert'
 import { YAML } from 'zx'
 import { INIT_SCRIPT, MANIFEST, ROUTES_SCRIPT } from '../../deploy/manifests.ts'
-import { readNodeList } from '../../lib/kube.ts'
+import { readNodeList } from '../../lib/tools/kube.ts'
 import { startApiServer } from '../helpers/apiserver.ts'
 import { PLUGIN, ROOT, TMP, sh } from '../helpers/cluster.ts'
 

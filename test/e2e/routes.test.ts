@@ -5,7 +5,7 @@ import { writeFileSync } from 'node:fs'
 import { test } from 'uvu'
 import * as assert from 'uvu/assert'
 import { PLUGIN, cleanupAll, ipj, kubeCni, must, newNetns, nsPath, probe, startEchoServers } from '../helpers/cluster.ts'
-import { outsideHost } from '../../lib/harness/topology.ts'
+import { outsideHost } from '../../lib/tools/harness/topology.ts'
 import { nodeList, podIP, routes, tryRoutes, twoNodes } from '../helpers/topology.ts'
 
 test.after.each(cleanupAll)

@@ -5,9 +5,9 @@
 import { mkdtempSync, rmSync } from 'node:fs'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
-import { echoWith } from '../../lib/harness/echo.ts'
-import { addNetns, delNetns as removeNetns, inNetns, ipj, must, nsPath, sh } from '../../lib/harness/netns.ts'
-import { type PluginResult, type Call as RuntimeCall, callPlugin } from '../../lib/harness/runtime.ts'
+import { echoWith } from '../../lib/tools/harness/echo.ts'
+import { addNetns, delNetns as removeNetns, inNetns, ipj, must, nsPath, sh } from '../../lib/tools/harness/netns.ts'
+import { type PluginResult, type Call as RuntimeCall, callPlugin } from '../../lib/tools/harness/runtime.ts'
 
 export { ipj, must, nsPath, sh }
 export type { PluginResult }

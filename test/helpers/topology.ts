@@ -3,7 +3,7 @@
 import { writeFileSync } from 'node:fs'
 import { join } from 'node:path'
 import * as assert from 'uvu/assert'
-import { addAddr, link, nodeList, plugIn, router as makeRouter } from '../../lib/harness/topology.ts'
+import { addAddr, link, nodeList, plugIn, router as makeRouter } from '../../lib/tools/harness/topology.ts'
 import { Node, TMP, kubeCni, newNetns } from './cluster.ts'
 
 export { nodeList }

@@ -4,10 +4,10 @@ import { tmpdir } from 'node:os'
 import { join } from 'node:path'
 import { test } from 'uvu'
 import * as assert from 'uvu/assert'
-import { skipKinds } from '../../lib/agent.ts'
-import { kubeconfigServer, parseKubeconfigYaml } from '../../lib/kube.ts'
-import { Registry, parseListenAddress } from '../../lib/metrics.ts'
-import { backoffMs } from '../../lib/watch.ts'
+import { skipKinds } from '../../lib/tools/agent.ts'
+import { kubeconfigServer, parseKubeconfigYaml } from '../../lib/tools/kube.ts'
+import { Registry, parseListenAddress } from '../../lib/tools/metrics.ts'
+import { backoffMs } from '../../lib/tools/watch.ts'
 
 // As `kind get kubeconfig` prints it (shortened base64).
 const KIND = `apiVersion: v1

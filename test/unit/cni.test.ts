@@ -1,6 +1,6 @@
 import { test } from 'uvu'
 import * as assert from 'uvu/assert'
-import { CniError, type Result, encodeError, encodeResult, parseCniArgs, readInvocation, versionAtLeast } from '../../lib/cni.ts'
+import { CniError, type Result, encodeError, encodeResult, parseCniArgs, readInvocation, versionAtLeast } from '../../lib/plugin/cni.ts'
 
 const RESULT: Result = {
   interfaces: [

@@ -1,7 +1,7 @@
 import { test } from 'uvu'
 import * as assert from 'uvu/assert'
-import { CniError } from '../../lib/cni.ts'
-import { renderConflist } from '../../lib/conflist.ts'
+import { CniError } from '../../lib/plugin/cni.ts'
+import { renderConflist } from '../../lib/tools/conflist.ts'
 
 const ONE = { subnets: ['10.200.1.0/24'], networks: ['10.200.0.0/16'] }
 // What Debian's portmap 1.1.1 answers to VERSION.

@@ -1,7 +1,7 @@
 // Address arithmetic on ip-num: the network a local address is on, as the routes planner asks for it.
 import { test } from 'uvu'
 import * as assert from 'uvu/assert'
-import { formatCidr, networkOf, parseAddress } from '../../lib/ip.ts'
+import { formatCidr, networkOf, parseAddress } from '../../lib/plugin/ip.ts'
 
 const on = (address: string, prefix: number) => {
   const a = parseAddress(address)!

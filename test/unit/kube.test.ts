@@ -2,7 +2,7 @@
 // any shape (the API, a file or kubectl are all untrusted).
 import { test } from 'uvu'
 import * as assert from 'uvu/assert'
-import { internalIPs, nodeName, parseNodeList, podCIDRs } from '../../lib/kube.ts'
+import { internalIPs, nodeName, parseNodeList, podCIDRs } from '../../lib/tools/kube.ts'
 
 test('parseNodeList: a NodeList as `kubectl get nodes -o json` prints it, and what is not one, naming the source', () => {
   const list = parseNodeList('{"kind":"NodeList","items":[{"metadata":{"name":"node-a"}}]}', 'nodes.json')

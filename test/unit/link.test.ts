@@ -2,8 +2,8 @@
 // outside (CNI_IFNAME, the bridge, the host veth) reaches `ip` behind its keyword.
 import { test } from 'uvu'
 import * as assert from 'uvu/assert'
-import { type PodPlan, attachSteps, bridgeSteps, hostSteps, podAddressSteps, podRouteSteps, podSteps, vethSteps } from '../../lib/link.ts'
-import { parseNetConf } from '../../lib/netconf.ts'
+import { type PodPlan, attachSteps, bridgeSteps, hostSteps, podAddressSteps, podRouteSteps, podSteps, vethSteps } from '../../lib/plugin/link.ts'
+import { parseNetConf } from '../../lib/plugin/netconf.ts'
 
 const conf = (extra: Record<string, unknown> = {}) =>
   parseNetConf(JSON.stringify({ cniVersion: '1.0.0', name: 'k8s-pod-network', type: 'kube-cni', network: '10.200.0.0/16', subnet: '10.200.1.0/24', ...extra }))

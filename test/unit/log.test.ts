@@ -3,7 +3,7 @@ import { tmpdir } from 'node:os'
 import { join } from 'node:path'
 import { test } from 'uvu'
 import * as assert from 'uvu/assert'
-import { configureLog, escapeControl, log } from '../../lib/log.ts'
+import { configureLog, escapeControl, log } from '../../lib/plugin/log.ts'
 
 test('escapeControl: newlines, CR, tab, ESC, DEL, C1 and U+2028/2029 become visible escapes', () => {
   assert.is(escapeControl('a\nb\rc\td'), 'a\\nb\\rc\\td')

@@ -1,8 +1,8 @@
 import { test } from 'uvu'
 import * as assert from 'uvu/assert'
-import { CniError } from '../../lib/cni.ts'
-import { formatAddress, formatCidr } from '../../lib/ip.ts'
-import { askedVersion, parseNetConf } from '../../lib/netconf.ts'
+import { CniError } from '../../lib/plugin/cni.ts'
+import { formatAddress, formatCidr } from '../../lib/plugin/ip.ts'
+import { askedVersion, parseNetConf } from '../../lib/plugin/netconf.ts'
 
 const SEED = { cniVersion: '0.3.0', name: 'k8s-pod-network', type: 'kube-cni', network: '10.200.0.0/16', subnet: '10.200.1.0/24' }
 const parse = (extra: Record<string, unknown>) => parseNetConf(JSON.stringify({ ...SEED, ...extra }))

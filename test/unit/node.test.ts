@@ -1,7 +1,7 @@
 import { test } from 'uvu'
 import * as assert from 'uvu/assert'
-import { parseNetConf } from '../../lib/netconf.ts'
-import { chainNames, chainsFor, nodeProblems, restoreInput, setupFor } from '../../lib/node.ts'
+import { parseNetConf } from '../../lib/plugin/netconf.ts'
+import { chainNames, chainsFor, nodeProblems, restoreInput, setupFor } from '../../lib/plugin/node.ts'
 
 const HEALTHY = { path: '/usr/sbin:/usr/bin', found: () => true, bridgeNetfilter: true }
 const conf = (extra: Record<string, unknown> = {}) =>

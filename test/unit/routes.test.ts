@@ -1,9 +1,9 @@
 // The pure half of `kube-cni routes`: which peers' podCIDRs may become routes, and why the others are skipped.
 import { test } from 'uvu'
 import * as assert from 'uvu/assert'
-import { renderConflist } from '../../lib/conflist.ts'
-import { type Family, formatCidr, parseAddress, parseCidr } from '../../lib/ip.ts'
-import { type Current, type CurrentRoute, type LocalAddress, type Plan, batchFailures, diff, networksFromConflist, planRoutes } from '../../lib/routes.ts'
+import { renderConflist } from '../../lib/tools/conflist.ts'
+import { type Family, formatCidr, parseAddress, parseCidr } from '../../lib/plugin/ip.ts'
+import { type Current, type CurrentRoute, type LocalAddress, type Plan, batchFailures, diff, networksFromConflist, planRoutes } from '../../lib/tools/routes.ts'
 
 const peer = (name: string, subnets: string[], ips: string[]) => ({
   metadata: { name },

@@ -4,9 +4,9 @@ import { spawnSync } from 'node:child_process'
 import { existsSync } from 'node:fs'
 import { join } from 'node:path'
 import { parseArgs } from 'node:util'
-import { SUPPORTED_VERSIONS } from './cni.ts'
-import { writeAtomic } from './fs.ts'
-import { parseNetConf } from './netconf.ts'
+import { SUPPORTED_VERSIONS } from '../plugin/cni.ts'
+import { writeAtomic } from '../plugin/fs.ts'
+import { parseNetConf } from '../plugin/netconf.ts'
 
 export const CONFLIST_NAME = '10-kube-cni.conflist'
 

@@ -327,7 +327,7 @@ function recordName(o: Owner): string {
   return `${o.containerId.slice(0, 128)}${HASHED}${hash}:${o.ifname}`
 }
 
-// What newHostVethName (lib/link.ts) makes. A record naming anything else (the bridge, the uplink) is not ours.
+// What newHostVethName (lib/plugin/link.ts) makes. A record naming anything else (the bridge, the uplink) is not ours.
 const HOST_VETH = /^veth[0-9a-f]{8}$/
 
 /** An IP as kube-cni names its files: nothing else may become a path in the store. */

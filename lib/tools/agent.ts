@@ -1,10 +1,10 @@
 // `kube-cni routes --watch`: the routes agent. It keeps this node's routes matching the cluster's Nodes,
-// either by list-then-watch against the API server (lib/watch.ts) or, for a NodeList file or kubectl, by
+// either by list-then-watch against the API server (lib/tools/watch.ts) or, for a NodeList file or kubectl, by
 // reading them again every N seconds; and it tells how it is doing on /healthz, /readyz and /metrics.
 import { existsSync, readFileSync } from 'node:fs'
-import { MissingTool, run } from './exec.ts'
-import { type Cidr, formatCidr } from './ip.ts'
-import { Store } from './ipam.ts'
+import { MissingTool, run } from '../plugin/exec.ts'
+import { type Cidr, formatCidr } from '../plugin/ip.ts'
+import { Store } from '../plugin/ipam.ts'
 import type { ApiServer, NodeList } from './kube.ts'
 import { Registry, serveMetrics } from './metrics.ts'
 import { type Backend, ROUTE_PROTO, type ReconcileReport, type Skip, VXLAN_DEV, netConfFromConflist, reconcile } from './routes.ts'

@@ -17,10 +17,10 @@ import { existsSync, readFileSync } from 'node:fs'
 import { join } from 'node:path'
 import { parseArgs } from 'node:util'
 import { CONFLIST_NAME } from './conflist.ts'
-import { type Step, explain, explainSteps, run } from './exec.ts'
-import { type Cidr, type Family, contains, containsAddress, defaultRoute, formatAddress, formatCidr, macFromAddress, networkOf, nodad, parseAddress, parseCidr, specialRangeOverlapped } from './ip.ts'
+import { type Step, explain, explainSteps, run } from '../plugin/exec.ts'
+import { type Cidr, type Family, contains, containsAddress, defaultRoute, formatAddress, formatCidr, macFromAddress, networkOf, nodad, parseAddress, parseCidr, specialRangeOverlapped } from '../plugin/ip.ts'
 import { type NodeList, apiServerFor, internalIPs, nodeName, podCIDRs, readNodeList, readNodeListFile } from './kube.ts'
-import { type NetConf, parseNetConf } from './netconf.ts'
+import { type NetConf, parseNetConf } from '../plugin/netconf.ts'
 
 export const ROUTE_PROTO = 211
 export const VXLAN_DEV = 'kube-cni.1'

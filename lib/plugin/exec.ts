@@ -1,6 +1,6 @@
 // Running the kernel tools. Arguments always go as argv, never through a shell, so no input can become a
 // command. zx's `$` is not used here because it starts a bash for every call (about 5 ms each); the lab,
-// the tests and the bench run commands through zx in lib/harness/, where that cost does not matter.
+// the tests and the bench run commands through zx in lib/tools/harness/, where that cost does not matter.
 import { spawn } from 'node:child_process'
 import { readFileSync } from 'node:fs'
 import { CniError, Code } from './cni.ts'

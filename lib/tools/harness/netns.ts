@@ -1,9 +1,9 @@
 // Network namespaces for the lab, the e2e tests and the bench: made, entered and removed by name. Commands
 // go through zx's `$`, synchronously: a few milliseconds of bash per call do not matter here, and an exit
 // handler (the tests' cleanup) can still use them. The plugin's own ADD/DEL run their tools with
-// lib/exec.ts instead, without a shell.
+// lib/plugin/exec.ts instead, without a shell.
 import { $ } from 'zx/core'
-import { type Output, explain } from '../exec.ts'
+import { type Output, explain } from '../../plugin/exec.ts'
 
 export const nsPath = (name: string) => `/var/run/netns/${name}`
 

@@ -6,7 +6,7 @@ import type { IncomingMessage } from 'node:http'
 import { readFileSync } from 'node:fs'
 import { request } from 'node:https'
 import { dirname, join, resolve } from 'node:path'
-import { run } from './exec.ts'
+import { run } from '../plugin/exec.ts'
 
 /** A Node as the API sends it. A NodeList is untrusted, so routes reads items through the accessors below,
  * which take any shape (null, a string, a Node missing fields) and return only well-formed values. */

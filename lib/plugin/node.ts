@@ -10,7 +10,7 @@
 // - the bridge and the sysctls are reads under /proc/sys/net, which reflects the netns of the reader;
 // - the rules are one `iptables-restore --noflush` per family whose every line is a `-C` check: it changes
 //   nothing and fails when a rule or chain is gone.
-// The repair runs under an flock on a file we hold open (see withLock in lib/fs.ts); the kernel drops it when we exit, even
+// The repair runs under an flock on a file we hold open (see withLock in lib/plugin/fs.ts); the kernel drops it when we exit, even
 // by SIGKILL, so the lock cannot outlive its holder, and `-w` bounds the wait so it cannot deadlock.
 import { accessSync, constants, existsSync, readFileSync, statfsSync, writeFileSync } from 'node:fs'
 import { dirname, join } from 'node:path'
