@@ -89,7 +89,8 @@ live_systemd=0
 
 if [ "$uninstall" = 1 ]; then
   if [ -e "$unit" ] && [ "$live_systemd" = 1 ]; then run systemctl disable --now "$unit_name" || true; fi
-  for f in "$unit" "$bin" "$conf"; do
+  # kube-cni.cache: the V8 code cache the plugin writes next to itself on its first ADD.
+  for f in "$unit" "$bin" "$bin.cache" "$conf"; do
     if [ -e "$f" ]; then run rm -f "$f"; say "$(did remove removed) $f"; fi
   done
   [ "$live_systemd" = 1 ] && run systemctl daemon-reload

@@ -13,6 +13,11 @@
 // IPv6.LINK_LOCAL_RANGE, ...) when it is loaded, each through its regex validators: that is ~15 ms of every
 // plugin start, for constants kube-cni never reads. The build turns each into a getter that builds it on
 // first use, so ip-num behaves the same and costs nothing until asked.
+//
+// 3. V8 compiles the bundle anew in every process. The shipped file is a small loader that compiles the
+//    bundle through V8's code cache, kept next to it as `kube-cni.cache` and written by the first ADD (so it
+//    holds the functions an ADD runs); see withCodeCache.
+import { createHash } from 'node:crypto'
 import { chmodSync, mkdirSync, readFileSync, readdirSync, writeFileSync } from 'node:fs'
 import { dirname, join, relative, resolve, sep } from 'node:path'
 import { type OnResolveArgs, type Plugin, build } from 'esbuild'
@@ -129,6 +134,55 @@ export default m.exports;`,
   }
 }
 
+/** A string literal that costs the bundle little: minified code has thousands of `"` and few `'`. */
+export function jsString(s: string): string {
+  return `'${s.replace(/[\\'\n\r]/g, (c) => ({ '\\': '\\\\', "'": "\\'", '\n': '\\n', '\r': '\\r' })[c]!)}'`
+}
+
+/**
+ * The shipped file: the bundle as a string, compiled with the cached data of an earlier run when there is one.
+ * Cached data is compiled code, so it is used only from a regular file that root (or whoever runs us) owns and
+ * no one else can write, and only when its first line names this very bundle: V8 itself checks little more
+ * than the source's length. A missing, stale or rejected cache costs one normal compile; the next ADD writes a
+ * new one (to a temp file, then renamed), and a directory we cannot write to costs nothing more.
+ */
+export function withCodeCache(code: string): string {
+  const body = `(function (exports, require, module, __filename, __dirname) {${code}\n})`
+  const key = `kube-cni code cache ${createHash('sha256').update(body).digest('hex')}\n`
+  return `#!/usr/bin/env node
+"use strict";{
+const body = ${jsString(body)}, key = ${JSON.stringify(key)};
+const fs = require("node:fs"), { O_RDONLY, O_WRONLY, O_CREAT, O_EXCL, O_NOFOLLOW, O_NONBLOCK } = fs.constants;
+const path = __filename + ".cache";
+function readCache() {
+  let fd;
+  try { fd = fs.openSync(path, O_RDONLY | O_NOFOLLOW | O_NONBLOCK) } catch { return undefined }
+  try {
+    const st = fs.fstatSync(fd);
+    if (!st.isFile() || (st.uid !== 0 && st.uid !== process.geteuid()) || st.mode & 0o022) return undefined;
+    const data = fs.readFileSync(fd);
+    return data.toString("latin1", 0, key.length) === key ? data.subarray(key.length) : undefined;
+  } catch { return undefined } finally { fs.closeSync(fd) }
+}
+function writeCache() {
+  const tmp = path + "." + process.pid + ".tmp";
+  let fd;
+  try { fd = fs.openSync(tmp, O_WRONLY | O_CREAT | O_EXCL | O_NOFOLLOW, 0o600) } catch { return }
+  try {
+    fs.writeSync(fd, key);
+    fs.writeSync(fd, script.createCachedData());
+    fs.closeSync(fd);
+    fs.renameSync(tmp, path);
+  } catch { try { fs.closeSync(fd) } catch {} try { fs.unlinkSync(tmp) } catch {} }
+}
+const cachedData = readCache();
+const script = new (require("node:vm").Script)(body, { filename: __filename, cachedData });
+if (process.env.CNI_COMMAND === "ADD" && (cachedData === undefined || script.cachedDataRejected)) process.once("exit", writeCache);
+script.runInThisContext()(exports, require, module, __filename, __dirname);
+}
+`
+}
+
 const common = {
   bundle: true,
   platform: 'node' as const,
@@ -148,8 +202,8 @@ async function main(): Promise<void> {
     outfile: BUNDLE,
     plugins: [lazyIpNum, embedTools(tools)],
   })
-  // kube-cni.ts's own shebang runs it under tsx; the bundle runs under plain node.
-  const code = out.outputFiles![0].text.replace(/^#!.*\n/, '#!/usr/bin/env node\n')
+  // kube-cni.ts's own shebang runs it under tsx; the loader runs it under plain node.
+  const code = withCodeCache(out.outputFiles![0].text.replace(/^#!.*\n/, ''))
   mkdirSync(join(ROOT, 'dist'), { recursive: true })
   writeFileSync(BUNDLE, code)
   chmodSync(BUNDLE, 0o755)

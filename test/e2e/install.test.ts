@@ -162,6 +162,7 @@ test('install.sh --uninstall removes what it installed and nothing else', () => 
   const root = newRoot()
   assert.is(runWith([INSTALL, '--root', root, '--subnet', '10.200.3.0/24', '--network', '10.200.0.0/16']).code, 0)
   writeFileSync(join(root, 'opt/cni/bin/loopback'), 'another plugin')
+  writeFileSync(join(root, 'opt/cni/bin/kube-cni.cache'), 'the code cache the first ADD writes')
   const r = runWith([INSTALL, '--root', root, '--uninstall'])
   assert.is(r.code, 0, r.stderr)
   assert.equal(files(root), ['/opt/cni/bin/loopback'])
