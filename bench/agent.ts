@@ -16,6 +16,7 @@ import { join } from 'node:path'
 import { parseArgs } from 'node:util'
 import { simNode, startApiServer } from '../test/helpers/apiserver.ts'
 import { TMP } from '../test/helpers/cluster.ts'
+import { sleep } from 'zx'
 
 const ROOT = join(__dirname, '..')
 const BUNDLE = join(ROOT, 'dist', 'kube-cni')
@@ -29,7 +30,6 @@ function must(argv: string[]): string {
   return r.stdout
 }
 
-const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms))
 
 // ---- the outer process: two namespaces, then itself again inside the node's -----------------------------
 

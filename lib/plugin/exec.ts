@@ -89,6 +89,7 @@ export async function killLeftovers(procs: unknown): Promise<void> {
       // it exited on its own in between
     }
   }
+  // Not node:timers/promises: the plugin loads exactly the builtins the bench's floor loads.
   for (const p of ours) while (isAlive(p)) await new Promise((r) => setTimeout(r, 2))
 }
 

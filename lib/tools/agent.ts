@@ -2,6 +2,7 @@
 // either by list-then-watch against the API server (lib/tools/watch.ts) or, for a NodeList file or kubectl, by
 // reading them again every N seconds; and it tells how it is doing on /healthz, /readyz and /metrics.
 import { existsSync, readFileSync } from 'node:fs'
+import { setTimeout as sleep } from 'node:timers/promises'
 import { MissingTool, run } from '../plugin/exec.ts'
 import { type Cidr, formatCidr } from '../plugin/ip.ts'
 import { Store } from '../plugin/ipam.ts'
@@ -162,7 +163,7 @@ export async function runAgent(o: AgentOptions): Promise<never> {
         stopIfMissingTool(e)
         say(`${(e as Error).message}; retrying in ${source.everyMs / 1000}s`)
       }
-      await new Promise((r) => setTimeout(r, source.everyMs))
+      await sleep(source.everyMs)
     }
   }
 

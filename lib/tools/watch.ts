@@ -4,6 +4,7 @@
 // timeout, a dropped connection) resumes from the last resourceVersion seen, which bookmarks keep fresh while
 // nothing changes; only a 410 Gone (that version is no longer in the server's history) costs a new list.
 import type { IncomingMessage } from 'node:http'
+import { setTimeout as sleep } from 'node:timers/promises'
 import { type ApiServer, ApiError, type KubeNode, type NodeList, apiGet, apiRequest, parseNodeList } from './kube.ts'
 
 export interface WatchStats {
@@ -25,7 +26,6 @@ export function backoffMs(failures: number, baseMs = 500, capMs = 30_000): numbe
   return ceiling / 2 + Math.random() * (ceiling / 2)
 }
 
-const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms))
 
 /**
  * Only what planning routes reads is kept: a real Node is about 5 KB of images, conditions and labels, and

@@ -8,6 +8,7 @@ import { suite } from 'uvu'
 import * as assert from 'uvu/assert'
 import { type Control, simNode, startApiServerIn } from '../helpers/apiserver.ts'
 import { Node, PLUGIN, TMP, cleanupAll, ipj, must, newNetns, nsPath } from '../helpers/cluster.ts'
+import { sleep } from 'zx'
 
 const PEERS = 2000
 const METRICS = '127.0.0.1:9101'
@@ -31,7 +32,7 @@ async function until(what: string, cond: () => boolean | Promise<boolean>, deadl
   const end = Date.now() + deadlineMs
   while (!(await cond())) {
     if (Date.now() > end) throw new Error(`${what}: not within ${deadlineMs / 1000}s; the agent said:\n${ctx.log.slice(-2000)}`)
-    await new Promise((r) => setTimeout(r, 100))
+    await sleep(100)
   }
 }
 
@@ -88,7 +89,7 @@ test('a Node update that changes nothing routes depend on (a kubelet\'s status) 
   const heartbeat = simNode(5)
   heartbeat.status.conditions = [{ type: 'Ready', status: 'True', lastHeartbeatTime: new Date().toISOString() }]
   await ctx.api!.add(heartbeat)
-  await new Promise((r) => setTimeout(r, 1000)) // ten times the debounce: a reconcile would have started
+  await sleep(1000) // ten times the debounce: a reconcile would have started
   await ctx.api!.add(simNode(PEERS + 1))
   await until('the next real change routed', () => hasRoute(PEERS + 1))
   await ctx.api!.remove(`node-${PEERS + 1}`)

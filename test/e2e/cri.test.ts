@@ -11,6 +11,7 @@ import { Containerd, kubeCniConflist, missingTools } from '../helpers/containerd
 import { CriError, type PodSandboxConfig } from '../helpers/cri.ts'
 import { writeConflist } from '../helpers/libcni.ts'
 import { clientOf } from '../helpers/topology.ts'
+import { sleep } from 'zx'
 
 const missing = missingTools()
 if (missing.length) {
@@ -62,7 +63,7 @@ async function waitFor(what: string, ok: () => Promise<boolean>, timeoutMs = 20_
   const deadline = Date.now() + timeoutMs
   while (!(await ok())) {
     if (Date.now() > deadline) throw new Error(`timed out waiting for ${what}`)
-    await new Promise((r) => setTimeout(r, 250))
+    await sleep(250)
   }
 }
 

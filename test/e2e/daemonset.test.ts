@@ -9,7 +9,7 @@ import { copyFileSync, existsSync, mkdirSync, readFileSync, readdirSync, rmSync,
 import { join } from 'node:path'
 import { test } from 'uvu'
 import * as assert from 'uvu/assert'
-import { YAML } from 'zx'
+import { YAML, sleep } from 'zx'
 import { renderManifest } from '../../deploy/manifests.ts'
 import { Containerd, missingTools } from '../helpers/containerd.ts'
 import { PLUGIN, ROOT, TMP, cleanupAll, ipj, nsPath, sh } from '../helpers/cluster.ts'
@@ -125,7 +125,7 @@ async function until<T>(what: string, f: () => Promise<T | undefined> | T | unde
     const v = await f()
     if (v !== undefined) return v
     if (Date.now() > deadline) throw new Error(`${what}: not after ${timeoutMs / 1000} s\n${fail()}`)
-    await new Promise((r) => setTimeout(r, 250))
+    await sleep(250)
   }
 }
 

@@ -8,6 +8,7 @@ import * as assert from 'uvu/assert'
 import { startTime } from '../../lib/plugin/exec.ts'
 import { PLUGIN, TMP, cleanupAll, delNetns, must, sh } from '../helpers/cluster.ts'
 import { routes, twoNodes } from '../helpers/topology.ts'
+import { sleep } from 'zx'
 
 test.after.each(cleanupAll)
 
@@ -98,7 +99,7 @@ test('doctor changes nothing: links, routes, rules, sysctls and the store are th
   let before = ''
   for (let i = 0; i < 20 && (before.includes('tentative') || before !== snapshot()); i++) {
     before = snapshot()
-    await new Promise((r) => setTimeout(r, 500))
+    await sleep(500)
   }
   const conf = join(TMP, `conf-${a.node.ns}.json`)
   writeFileSync(conf, JSON.stringify(a.node.conf))

@@ -7,6 +7,7 @@ import { join } from 'node:path'
 import { test } from 'uvu'
 import * as assert from 'uvu/assert'
 import { Node, PLUGIN, TMP, cleanupAll, delNetns, ipj, must, nsPath, ping, sh } from '../helpers/cluster.ts'
+import { sleep } from 'zx'
 
 test.after.each(cleanupAll)
 
@@ -212,7 +213,7 @@ test('an ADD killed while its `ip` is stuck leaves no veth once DEL has returned
   const add = node.cni({ command: 'ADD', containerId: 'slow', netns: nsPath(pod), env: { PATH: bin } })
   const record = join(storeDir(node), 'attachments', 'slow:eth0')
   const stuck = () => existsSync(join(dir, 'pid')) && existsSync(record) && readFileSync(record, 'utf8').includes('"pids"')
-  for (let i = 0; i < 1000 && !stuck(); i++) await new Promise((r) => setTimeout(r, 10))
+  for (let i = 0; i < 1000 && !stuck(); i++) await sleep(10)
   assert.ok(stuck(), 'the ADD reached its `ip` and recorded it')
   const ipPid = readFileSync(join(dir, 'pid'), 'utf8').trim()
   add.kill()
@@ -231,7 +232,7 @@ test('an ADD killed while its `ip` is stuck leaves no veth once DEL has returned
     writeSync(fd, 'go\n')
     closeSync(fd)
     const running = () => existsSync(`/proc/${ipPid}`) && !/^\S+ \(.*\) Z/.test(readFileSync(`/proc/${ipPid}/stat`, 'utf8'))
-    while (running()) await new Promise((r) => setTimeout(r, 10))
+    while (running()) await sleep(10)
   }
   assert.is(veths(node).length, 1, 'only the warm-up pod has a veth')
   assert.is(ipj(pod, 'link', 'show').length, 1, 'only lo in the killed pod')

@@ -5,6 +5,7 @@ import { join } from 'node:path'
 import { test } from 'uvu'
 import * as assert from 'uvu/assert'
 import { Node, cleanupAll, delNetns, ipj, must, nsPath, ping } from '../helpers/cluster.ts'
+import { sleep } from 'zx'
 
 test.after.each(cleanupAll)
 
@@ -223,7 +224,7 @@ test('20 ADDs killed with SIGKILL at random moments, each followed by DEL, leave
   for (let i = 0; i < 20; i++) {
     const pod = node.pod()
     const add = node.cni({ command: 'ADD', containerId: `k${i}`, netns: nsPath(pod) })
-    await new Promise((r) => setTimeout(r, Math.random() * span))
+    await sleep(Math.random() * span)
     add.kill()
     if ((await add).code !== 0) killed++
     const del = await node.cni({ command: 'DEL', containerId: `k${i}`, netns: nsPath(pod) })

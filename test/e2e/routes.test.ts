@@ -7,6 +7,7 @@ import * as assert from 'uvu/assert'
 import { PLUGIN, cleanupAll, ipj, kubeCni, must, newNetns, nsPath, probe, startEchoServers } from '../helpers/cluster.ts'
 import { outsideHost } from '../../lib/tools/harness/topology.ts'
 import { nodeList, podIP, routes, tryRoutes, twoNodes } from '../helpers/topology.ts'
+import { sleep } from 'zx'
 
 test.after.each(cleanupAll)
 
@@ -179,7 +180,7 @@ test('--watch reconciles again every N seconds: a route deleted by hand comes ba
   const watcher = spawn('nsenter', [`--net=${nsPath(a.node.ns)}`, PLUGIN, 'routes', '--node', 'node-a', '--nodes-json', nodesJson, '--watch', '1'], { stdio: 'ignore' })
   try {
     const until = async (cond: () => boolean) => {
-      for (let i = 0; i < 40 && !cond(); i++) await new Promise((r) => setTimeout(r, 100))
+      for (let i = 0; i < 40 && !cond(); i++) await sleep(100)
       return cond()
     }
     assert.ok(await until(() => kubeRoutes(a.node.ns).length === 1), 'the first pass made the route')

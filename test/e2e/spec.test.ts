@@ -4,6 +4,7 @@ import { join } from 'node:path'
 import { test } from 'uvu'
 import * as assert from 'uvu/assert'
 import { Node, TMP, cleanupAll, must, nsPath, sh } from '../helpers/cluster.ts'
+import { sleep } from 'zx'
 
 test.after.each(cleanupAll)
 
@@ -40,7 +41,7 @@ test('containerd\'s inputs: CNI_NETNS=/proc/<pid>/ns/net on ADD, then an empty C
   // The task: a process in a netns of its own that has no name, only /proc/<pid>/ns/net.
   const task = require('node:child_process').spawn('unshare', ['--net', '--', 'sleep', '60'], { stdio: 'ignore' })
   try {
-    await new Promise((r) => setTimeout(r, 100))
+    await sleep(100)
     const netns = `/proc/${task.pid}/ns/net`
     const add = await node.cni({ command: 'ADD', containerId: 'task1', netns })
     assert.is(add.code, 0, add.stdout + add.stderr)

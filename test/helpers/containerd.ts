@@ -12,6 +12,7 @@ import { Node, PREFIX, TMP, nsPath, sh } from './cluster.ts'
 import { Cri, type ContainerConfig, type ContainerStatus, type PodSandboxConfig } from './cri.ts'
 import { binDir, writeConflist } from './libcni.ts'
 import { BUSYBOX, IMAGE, buildImage } from './oci.ts'
+import { sleep } from 'zx'
 
 export { IMAGE }
 export const NAMESPACE = 'k8s.io' // the CRI plugin's containerd namespace
@@ -166,7 +167,7 @@ disabled_plugins = ["io.containerd.snapshotter.v1.btrfs", "io.containerd.snapsho
       } catch (e) {
         if (exited || Date.now() > deadline) throw new Error(`containerd did not become ready: ${(e as Error).message}\n${this.logTail()}`)
       }
-      await new Promise((r) => setTimeout(r, 200))
+      await sleep(200)
     }
   }
 
@@ -231,7 +232,7 @@ disabled_plugins = ["io.containerd.snapshotter.v1.btrfs", "io.containerd.snapsho
       const st = await this.cri.containerStatus(id)
       if (st.state === 'CONTAINER_EXITED') return st
       if (Date.now() > deadline) throw new Error(`container ${st.metadata?.name ?? id} still ${st.state} after ${timeoutMs} ms`)
-      await new Promise((r) => setTimeout(r, 200))
+      await sleep(200)
     }
   }
 
