@@ -274,6 +274,7 @@ function explore(state: LabState): string {
 
 export async function labCommand(argv: string[]): Promise<number> {
   if (argv[0] === 'echo-server' || argv[0] === 'echo-probe') return echoCommand(argv[0], argv.slice(1))
+  if (argv[0] === 'trace') return (await import('./trace.ts')).traceCommand(argv.slice(1))
   const { values: o, positionals } = parseArgs({
     args: argv,
     allowPositionals: true,

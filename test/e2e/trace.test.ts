@@ -1,0 +1,87 @@
+// `kube-cni lab trace`: one probe through a lab of this test's own (kctr<pid>-*), healthy and broken.
+import { spawnSync } from 'node:child_process'
+import { test } from 'uvu'
+import * as assert from 'uvu/assert'
+import { PLUGIN, must } from '../helpers/cluster.ts'
+
+const PREFIX = `kctr${process.pid}-`
+const LAB = { ...process.env, KUBE_CNI_LAB_PREFIX: PREFIX }
+const NODE1 = `${PREFIX}node1`
+const NODE2 = `${PREFIX}node2`
+
+function lab(...args: string[]): { code: number; stdout: string; stderr: string } {
+  const r = spawnSync('node', [PLUGIN, 'lab', ...args], { encoding: 'utf8', env: LAB })
+  return { code: r.status ?? 1, stdout: r.stdout ?? '', stderr: r.stderr ?? '' }
+}
+
+interface Trace {
+  delivered: boolean
+  hops: { netns: string; dev: string; action: string; src: string; dst: string; why?: string; rules: { table: string; rule: string; packets: number }[]; finding?: { id: string } }[]
+}
+
+function trace(...args: string[]): Trace {
+  const r = lab('trace', ...args, '--json')
+  try {
+    return JSON.parse(r.stdout)
+  } catch {
+    throw new Error(`lab trace did not print one JSON document: ${r.stdout}${r.stderr}`)
+  }
+}
+
+process.on('exit', () => lab('down'))
+test.before(() => {
+  const r = lab('up', '--pods', '2')
+  assert.is(r.code, 0, r.stderr)
+})
+
+test('n1-p1 → n2-p1: delivered, through both nodes, ending in the pod with its own source address', () => {
+  const t = trace('n1-p1', 'n2-p1')
+  assert.ok(t.delivered, JSON.stringify(t))
+  assert.equal(t.hops.map((h) => h.netns), [`${PREFIX}n1p1`, NODE1, NODE2, `${PREFIX}n2p1`])
+  assert.equal(t.hops.map((h) => h.action), ['sent', 'forwarded', 'forwarded', 'delivered'])
+  assert.is(t.hops[1].dev, 'eth0')
+  assert.ok(t.hops.every((h) => h.src === t.hops[0].src), 'kept, not masqueraded')
+  assert.ok(t.hops[1].rules.some((r) => r.table === 'filter' && /-j ACCEPT/.test(r.rule) && r.packets > 0))
+  const human = lab('trace', 'n1-p1', 'n2-p1')
+  assert.is(human.code, 0)
+  assert.match(human.stdout, /delivered/)
+})
+
+test('to outside: the masquerade rule counts the probe, and the hops after node1 see node1\'s address', () => {
+  const t = trace('n1-p1', 'outside')
+  assert.ok(t.delivered, JSON.stringify(t))
+  const node1 = t.hops.find((h) => h.netns === NODE1)!
+  assert.ok(node1.rules.some((r) => r.table === 'nat' && /-j MASQUERADE/.test(r.rule) && r.packets > 0), JSON.stringify(node1.rules))
+  assert.equal(t.hops.slice(-2).map((h) => [h.netns, h.src]), [[`${PREFIX}router`, '192.0.2.11'], [`${PREFIX}outside`, '192.0.2.11']])
+})
+
+test('node1\'s route to node2\'s podCIDR deleted: not delivered, stopped in node1, naming the missing route', () => {
+  must(['ip', '-n', NODE1, 'route', 'del', '10.200.2.0/24', 'proto', '211'])
+  try {
+    const t = trace('n1-p1', 'n2-p1')
+    assert.not.ok(t.delivered)
+    const last = t.hops.at(-1)!
+    assert.is(last.netns, NODE1)
+    assert.is(last.action, 'no route')
+    assert.match(last.why!, /no route to 10\.200\.2\.0\/24/)
+    assert.is(last.finding?.id, 'routes')
+  } finally {
+    must(['ip', '-n', NODE1, 'route', 'replace', '10.200.2.0/24', 'via', '192.0.2.12', 'proto', '211'])
+  }
+})
+
+test('doctor scenarios: no-forwarding and firewall-flush are named by their finding where the probe stops', () => {
+  assert.is(lab('break', 'no-forwarding', '--node', 'node1').code, 0)
+  const off = trace('n1-p1', 'n2-p1')
+  must(['ip', 'netns', 'exec', NODE1, 'sysctl', '-qw', 'net.ipv4.ip_forward=1'])
+  assert.not.ok(off.delivered)
+  assert.equal([off.hops.at(-1)!.netns, off.hops.at(-1)!.action, off.hops.at(-1)!.finding?.id], [NODE1, 'not forwarded', 'forwarding'])
+
+  assert.is(lab('break', 'firewall-flush', '--node', 'node1').code, 0)
+  const flushed = trace('n1-p1', 'outside')
+  assert.not.ok(flushed.delivered)
+  const last = flushed.hops.at(-1)!
+  assert.equal([last.netns, last.action, last.src, last.finding?.id], [`${PREFIX}outside`, 'no reply', flushed.hops[0].src, 'masquerade'])
+})
+
+test.run()
