@@ -16,7 +16,7 @@ export const TRACE_USAGE = `kube-cni lab trace FROM TO [--port N] [--udp] [--jso
   running lab and shows the path the kernel took: per netns the interfaces, the route, the neighbour (bridge
   port or VXLAN remote), every iptables rule whose counter the probe moved, the addresses as seen there, and
   where and why it stopped, with the doctor finding that names the cause.
-  FROM and TO: a pod (n1-p1), a pod IP, a node (node1) or outside.`
+  FROM and TO: a pod (n1-p1), a node (node1), outside, or an address one of them has.`
 
 interface Endpoint {
   ns: string
@@ -77,6 +77,8 @@ function resolve(state: LabState, name: string, v6: boolean): Endpoint {
     const ips = ipj(ns, 'addr', 'show', 'dev', 'eth0').flatMap((l: any) => l.addr_info.filter((a: any) => a.scope === 'global').map((a: any) => a.local))
     return { ns, ip: fam(ips) }
   }
+  const owner = owners().get(name)
+  if (owner) return { ns: owner.ns, ip: name }
   throw new Error(`${JSON.stringify(name)} is not in the lab: give a pod (n1-p1), a pod IP, a node (node1) or outside`)
 }
 
@@ -148,10 +150,11 @@ function walk(state: LabState, from: Endpoint, to: Endpoint, v6: boolean): Hop[]
     hop.src = src
     // A node hands another node's pod network to its default gateway only when its own route to it is gone.
     const peer = state.nodes.find((n) => n !== node && n.subnets.some((s) => inSubnet(to.ip, s)))
-    if (node && peer && r.dev !== 'cni0' && !exactRoute(at, peer.subnets.find((s) => inSubnet(to.ip, s))!)) {
+    const podCIDR = peer?.subnets.find((s) => inSubnet(to.ip, s))
+    if (node && peer && podCIDR && r.dev !== 'cni0' && !exactRoute(at, podCIDR)) {
       Object.assign(hop, {
         action: 'no route',
-        why: `${node.name} has no route to ${peer.subnets.join(', ')} (${peer.name}'s podCIDR): the kernel would send it to the default gateway${r.gateway ? ` ${r.gateway}` : ''}, which knows no pod network`,
+        why: `${node.name} has no route to ${podCIDR} (${peer.name}'s podCIDR): the kernel would send it to the default gateway${r.gateway ? ` ${r.gateway}` : ''}, which knows no pod network`,
       })
       return hops
     }
@@ -179,7 +182,7 @@ function inSubnet(ip: string, cidr: string): boolean {
   return Math.floor(n(ip) / size) === Math.floor(n(net) / size)
 }
 
-const exactRoute = (ns: string, cidr: string) => ipj(ns, 'route', 'show', cidr).length > 0
+const exactRoute = (ns: string, cidr: string) => ipj(ns, ...(cidr.includes(':') ? ['-6'] : []), 'route', 'show', 'exact', cidr).length > 0
 
 /** The neighbour entry a hop used after the probe, with its bridge port or VXLAN remote. */
 function neighbour(ns: string, dev: string, ip: string): string {
