@@ -212,8 +212,7 @@ async function findingFor(state: LabState, ns: string, id: string): Promise<Hop[
   if (!node) return undefined
   const r = await $({ quiet: true, nothrow: true })`${inNetns(node.ns, doctorLine(node, true))}`
   try {
-    const found = JSON.parse(r.stdout).findings.filter((f: any) => f.status === 'fail')
-    const f = found.find((x: any) => x.id === id) ?? found[0]
+    const f = JSON.parse(r.stdout).findings.find((x: any) => x.status === 'fail' && x.id === id)
     return f && { id: f.id, message: f.message, fix: f.fix }
   } catch {
     return undefined

@@ -42,6 +42,7 @@ test('n1-p1 → n2-p1: delivered, through both nodes, ending in the pod with its
   assert.is(t.hops[1].dev, 'eth0')
   assert.ok(t.hops.every((h) => h.src === t.hops[0].src), 'kept, not masqueraded')
   assert.ok(t.hops[1].rules.some((r) => r.table === 'filter' && /-j ACCEPT/.test(r.rule) && r.packets > 0))
+  assert.ok(trace('n1-p1', 'n2-p1', '--udp').delivered)
   const human = lab('trace', 'n1-p1', 'n2-p1')
   assert.is(human.code, 0)
   assert.match(human.stdout, /delivered/)
@@ -67,6 +68,20 @@ test('node1\'s route to node2\'s podCIDR deleted: not delivered, stopped in node
     assert.is(last.finding?.id, 'routes')
   } finally {
     must(['ip', '-n', NODE1, 'route', 'replace', '10.200.2.0/24', 'via', '192.0.2.12', 'proto', '211'])
+  }
+})
+
+test('a DROP rule in node2: dropped there, the rule named with its counter', () => {
+  const rule = ['FORWARD', '-d', '10.200.2.2/32', '-p', 'tcp', '--dport', '7777', '-j', 'DROP']
+  must(['ip', 'netns', 'exec', NODE2, 'iptables', '-w', '-I', ...rule])
+  try {
+    const t = trace('n1-p1', 'n2-p1')
+    assert.not.ok(t.delivered)
+    const last = t.hops.at(-1)!
+    assert.equal([last.netns, last.action], [NODE2, 'dropped'])
+    assert.match(last.why!, /-A FORWARD -d 10\.200\.2\.2\/32 .*-j DROP/)
+  } finally {
+    must(['ip', 'netns', 'exec', NODE2, 'iptables', '-w', '-D', ...rule])
   }
 })
 
