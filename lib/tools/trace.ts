@@ -9,6 +9,7 @@ import { parseArgs } from 'node:util'
 import { $ } from 'zx/core'
 import { type LabNode, type LabState, PORT, PREFIX, STATE_DIR, probe, startEchoServers } from './lab.ts'
 import { doctorLine } from './scenarios.ts'
+import { containsAddress, parseAddress, parseCidr } from '../plugin/ip.ts'
 import { inNetns, ipj, netnsWithPrefix, sh } from './harness/netns.ts'
 
 export const TRACE_USAGE = `kube-cni lab trace FROM TO [--port N] [--udp] [--json]
@@ -118,7 +119,7 @@ function moved(before: Map<string, Rule>, after: Map<string, Rule>): Rule[] {
 
 const drops = (rules: Rule[]) => rules.filter((r) => / -j (DROP|REJECT)\b/.test(r.rule) || r.rule === 'policy DROP')
 
-/** Where the routes say the packet goes, before it is sent; `stop` is set where the kernel will not pass it on. */
+/** Where the routes say the packet goes, before it is sent; the walk ends where the kernel would not pass it on. */
 function walk(state: LabState, from: Endpoint, to: Endpoint, v6: boolean): Hop[] {
   const addrs = owners()
   const hops: Hop[] = []
@@ -175,11 +176,8 @@ function walk(state: LabState, from: Endpoint, to: Endpoint, v6: boolean): Hop[]
 }
 
 function inSubnet(ip: string, cidr: string): boolean {
-  const [net, len] = cidr.split('/')
-  if (ip.includes(':') !== net.includes(':') || ip.includes(':')) return ip.includes(':') && net.includes(':') && ip.startsWith(net.replace(/::$/, ':'))
-  const n = (a: string) => a.split('.').reduce((x, o) => x * 256 + Number(o), 0)
-  const size = 2 ** (32 - Number(len))
-  return Math.floor(n(ip) / size) === Math.floor(n(net) / size)
+  const [c, a] = [parseCidr(cidr), parseAddress(ip)]
+  return !!c && !!a && containsAddress(c, a.family, a.value)
 }
 
 const exactRoute = (ns: string, cidr: string) => ipj(ns, ...(cidr.includes(':') ? ['-6'] : []), 'route', 'show', 'exact', cidr).length > 0
@@ -252,6 +250,8 @@ export async function trace(fromName: string, toName: string, o: { port: number;
   const last = hops.at(-1)!
   if (delivered) {
     if (last.action === 'delivered' && seenAs) last.why = `the server saw the connection from ${seenAs}`
+    // The counters and the answer are the kernel's word; a walk that disagrees says so rather than hide it.
+    else if (last.action !== 'delivered') last.why = `${last.why ?? last.action}; yet the probe arrived: the routes changed while it ran, or the lab has a path this walk does not follow`
   } else {
     const dropped = hops.find((h) => drops(h.rules).length)
     if (dropped) {
