@@ -321,8 +321,8 @@ export function renderSvg(m: ShowModel, highlight: Highlight = []): string {
     .veth { stroke: #2a7a2a; stroke-width: 3; }
     .switch { stroke: #7a4a9a; stroke-width: 4; }
     .tunnel { stroke: #3a6ea5; stroke-width: 2; stroke-dasharray: 8 5; }
-    .hot, .hot .if, .hot .br { stroke: ${HOT} !important; stroke-width: 3.5 !important; }
-    .hot text { fill: ${HOT}; font-weight: bold; }`
+    line.hot, .hot > .if, .hot > .br { stroke: ${HOT}; stroke-width: 3.5; }
+    .hot > text { fill: ${HOT}; font-weight: bold; }`
   return [
     '<?xml version="1.0" encoding="UTF-8"?>',
     `<svg xmlns="http://www.w3.org/2000/svg" width="${width}" height="${height}" viewBox="0 0 ${width} ${height}">`,
