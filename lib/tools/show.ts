@@ -140,6 +140,8 @@ export function labModel(prefix = PREFIX): ShowModel {
 
 const WIDTH = 98
 const fit = (s: string, w: number) => (s.length > w ? `${s.slice(0, w - 1)}…` : s.padEnd(w))
+const routeLabel = (r: ShowRoute) => `${r.dst}${r.via ? ` via ${r.via}` : ''} dev ${r.dev}${r.node ? ` → ${r.node}` : ''}`
+const fdbLabel = (e: NonNullable<ShowNode['vxlan']>['fdb'][number]) => `fdb ${e.mac} dst ${e.dst}${e.node ? ` → ${e.node}` : ''}`
 const addrs = (p?: Port) => (p && p.addrs.length ? p.addrs.join(', ') : 'no address')
 
 export function renderText(m: ShowModel): string {
@@ -169,10 +171,10 @@ export function renderText(m: ShowModel): string {
     })
     if (n.vxlan) {
       box(`${n.vxlan.dev} vxlan id ${n.vxlan.vni} local ${n.vxlan.local}  ${addrs(n.vxlan)}`)
-      for (const e of n.vxlan.fdb) box(`  fdb ${e.mac} dst ${e.dst}${e.node ? ` → ${e.node}` : ''}`)
+      for (const e of n.vxlan.fdb) box(`  ${fdbLabel(e)}`)
     }
     box(n.routes.length ? `routes to the other nodes' pods (${m.backend}):` : 'no routes to the other nodes (kube-cni routes has not run)')
-    for (const r of n.routes) box(`  ${r.dst}${r.via ? ` via ${r.via}` : ''} dev ${r.dev}${r.node ? ` → ${r.node}` : ''}`)
+    for (const r of n.routes) box(`  ${routeLabel(r)}`)
     out.push(`└${'─'.repeat(WIDTH - 2)}┘`)
   }
   return out.join('\n')
@@ -203,7 +205,7 @@ export function renderSvg(m: ShowModel, highlight: Highlight = []): string {
 
   const podW = Math.max(150, ...m.nodes.flatMap((n) => n.pods.map((p) => Math.max(p.eth0.netns.length, ...p.eth0.addrs.map((a) => a.length)) * CHAR + 24)))
   const lines = (n: ShowNode) => n.routes.length + 1 + (n.vxlan ? n.vxlan.fdb.length + 1 : 0)
-  const longest = Math.max(...m.nodes.flatMap((n) => [...n.routes.map((r) => `${r.dst} via ${r.via} dev ${r.dev} → ${r.node}`), ...(n.vxlan?.fdb.map((e) => `fdb ${e.mac} → ${e.dst} (${e.node})`) ?? [])].map((s) => s.length)))
+  const longest = Math.max(0, ...m.nodes.flatMap((n) => [...n.routes.map(routeLabel), ...(n.vxlan?.fdb.map(fdbLabel) ?? [])].map((s) => s.length)))
   const colW = Math.max(320, ...m.nodes.map((n) => n.pods.length * (podW + 16) + 16), longest * CHAR + 40)
   const margin = 30
   const width = margin * 2 + m.nodes.length * colW + (m.nodes.length - 1) * 30
@@ -266,13 +268,13 @@ export function renderSvg(m: ShowModel, highlight: Highlight = []): string {
       tunnel.push({ left: x + 16, right: x + 16 + w })
       ty += 30
       for (const e of n.vxlan.fdb) {
-        text(x + 26, ty, `fdb ${e.mac} → ${e.dst}${e.node ? ` (${e.node})` : ''}`, ' class="small"')
+        text(x + 26, ty, fdbLabel(e), ' class="small"')
         ty += 18
       }
       ty += 6
     }
     text(x + 16, ty, n.routes.length ? "routes to the other nodes' pods:" : 'no routes to the other nodes', ' class="small"')
-    for (const r of n.routes) text(x + 26, (ty += 18), `${r.dst}${r.via ? ` via ${r.via}` : ''} dev ${r.dev}${r.node ? ` → ${r.node}` : ''}`, ' class="small route"')
+    for (const r of n.routes) text(x + 26, (ty += 18), routeLabel(r), ' class="small route"')
     const by = nodeY + nodeH - 66
     if (n.bridge) {
       els.push(`<g class="port bridge${hot(n.netns, n.bridge.dev) ? ' hot' : ''}" data-netns="${esc(n.netns)}" data-dev="${esc(n.bridge.dev)}">`)
@@ -326,7 +328,8 @@ export function renderSvg(m: ShowModel, highlight: Highlight = []): string {
   return [
     '<?xml version="1.0" encoding="UTF-8"?>',
     `<svg xmlns="http://www.w3.org/2000/svg" width="${width}" height="${height}" viewBox="0 0 ${width} ${height}">`,
-    `<style>${style}\n</style>`,
+    // CDATA: the CSS (its `>` selectors) stays verbatim for any parser, XML or an HTML page it is pasted into.
+    `<style><![CDATA[${style}\n]]></style>`,
     `<rect width="${width}" height="${height}" fill="#fff"/>`,
     ...els,
     '</svg>',
@@ -336,13 +339,27 @@ export function renderSvg(m: ShowModel, highlight: Highlight = []): string {
 
 // ---- the command ---------------------------------------------------------------------------------------
 
+const SHOW_USAGE = `usage: kube-cni lab show [--svg FILE]
+  draws the running lab from the kernel: nodes, the underlay and router, each bridge, each pod with its veth
+  and IP, the routes between nodes (host-gw, or kube-cni.1 with its fdb); --svg FILE also writes it as an SVG`
+
 export async function showCommand(argv: string[]): Promise<number> {
-  const { values: o } = parseArgs({ args: argv, options: { svg: { type: 'string' } } })
+  let o: { svg?: string; help?: boolean }
+  try {
+    o = parseArgs({ args: argv, options: { svg: { type: 'string' }, help: { type: 'boolean' } } }).values
+  } catch (e) {
+    throw new Error(`${(e as Error).message}\n${SHOW_USAGE}`)
+  }
+  if (o.help) return process.stdout.write(`${SHOW_USAGE}\n`), 0
   if (process.getuid?.() !== 0) throw new Error('lab show reads the lab\'s network namespaces: run it as root (sudo)')
   const model = labModel()
   process.stdout.write(`${renderText(model)}\n`)
   if (o.svg) {
-    writeFileSync(o.svg, renderSvg(model))
+    try {
+      writeFileSync(o.svg, renderSvg(model))
+    } catch (e) {
+      throw new Error(`cannot write the picture to ${o.svg} (${(e as NodeJS.ErrnoException).code}): give --svg a file in a directory that exists`)
+    }
     process.stdout.write(`\nwrote ${o.svg}\n`)
   }
   return 0

@@ -21,14 +21,14 @@ process.on('exit', () => lab('down'))
 
 /** The root element's name, when xml is well-formed: every tag closed in order, attributes quoted, entities known. */
 function xmlRoot(xml: string): string {
-  const body = xml.replace(/^<\?xml[^?]*\?>\s*/, '')
+  const body = xml.replace(/^<\?xml[^?]*\?>\s*/, '').replace(/<!\[CDATA\[[^]*?\]\]>/g, '')
   const stack: string[] = []
   let root = ''
   let rest = body
   while (rest.length) {
     const lt = rest.indexOf('<')
     const chars = lt < 0 ? rest : rest.slice(0, lt)
-    if (/&(?!(amp|lt|gt|quot|apos|#\d+);)/.test(chars) || chars.includes('>')) throw new Error(`bad character data: ${chars.slice(0, 60)}`)
+    if (/&(?!(amp|lt|gt|quot|apos|#\d+);)/.test(chars) || chars.includes(']]>')) throw new Error(`bad character data: ${chars.slice(0, 60)}`)
     if (chars.trim() && stack.length === 0) throw new Error(`text outside the root: ${chars.slice(0, 60)}`)
     if (lt < 0) break
     const tag = /^<(\/?)([A-Za-z][\w:.-]*)((?:\s+[\w:.-]+="[^"<]*")*)\s*(\/?)>/.exec(rest.slice(lt))
@@ -96,12 +96,16 @@ test('vxlan: show names kube-cni.1 with its fdb entry and its routes; the SVG ho
   for (const pod of ['n1-p1', 'n2-p1']) assert.ok(picture.includes(`>${pod}<`), pod)
 })
 
-test('no lab running: show says so and how to start one, without a stack trace', () => {
+test('no lab running: show says so and how to start one, without a stack trace; a wrong argument prints the usage', () => {
   lab('down')
   const r = lab('show')
   assert.is(r.code, 1)
   assert.match(r.stderr, /no lab is running .*kube-cni lab up/)
   assert.not.match(r.stderr, /at .*\.ts:\d+/)
+  const wrong = lab('show', '--svgg', 'x')
+  assert.is(wrong.code, 1)
+  assert.match(wrong.stderr, /--svgg[^]*usage: kube-cni lab show \[--svg FILE\]/)
+  assert.match(lab('show', '--help').stdout, /^usage: kube-cni lab show/)
 })
 
 test.run()
