@@ -322,6 +322,8 @@ As a command:
                         break a running lab the way real nodes break, then let doctor find it
   kube-cni lab trace FROM TO [--port N] [--udp] [--json]
                         one probe through a running lab, hop by hop: routes, neighbours, rules hit, where it stopped
+  kube-cni lab show [--svg FILE]
+                        a picture of the running lab, read from the kernel (and an SVG for a slide)
   kube-cni conflist --network CIDR[,CIDR] (--subnet CIDR[,CIDR] | --node NAME [--kubectl PATH]) [--out FILE]
                         the node's /etc/cni/net.d/10-kube-cni.conflist (what install.sh writes)
   kube-cni doctor [--conf FILE] [--cni-bin-dir DIR] [--node NAME] [--nodes-json FILE|- | --kubectl PATH | --kubeconfig FILE] [--json]

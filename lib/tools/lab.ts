@@ -275,6 +275,7 @@ function explore(state: LabState): string {
 export async function labCommand(argv: string[]): Promise<number> {
   if (argv[0] === 'echo-server' || argv[0] === 'echo-probe') return echoCommand(argv[0], argv.slice(1))
   if (argv[0] === 'trace') return (await import('./trace.ts')).traceCommand(argv.slice(1))
+  if (argv[0] === 'show') return (await import('./show.ts')).showCommand(argv.slice(1))
   const { values: o, positionals } = parseArgs({
     args: argv,
     allowPositionals: true,
@@ -303,7 +304,7 @@ export async function labCommand(argv: string[]): Promise<number> {
   if (opts.backend !== 'host-gw' && opts.backend !== 'vxlan') throw new Error('--backend is host-gw or vxlan')
   if (verb === 'down') return (await down()), 0
   if (verb === 'status') return status()
-  if (verb !== 'up' && verb !== 'demo') throw new Error(`unknown lab command ${verb}: use up, down, status, check, break, scenarios or demo`)
+  if (verb !== 'up' && verb !== 'demo') throw new Error(`unknown lab command ${verb}: use up, down, status, show, check, break, scenarios or demo`)
   const started = Date.now()
   try {
     const state = await up(opts)
