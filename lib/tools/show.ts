@@ -354,13 +354,16 @@ export async function showCommand(argv: string[]): Promise<number> {
   if (process.getuid?.() !== 0) throw new Error('lab show reads the lab\'s network namespaces: run it as root (sudo)')
   const model = labModel()
   process.stdout.write(`${renderText(model)}\n`)
-  if (o.svg) {
-    try {
-      writeFileSync(o.svg, renderSvg(model))
-    } catch (e) {
-      throw new Error(`cannot write the picture to ${o.svg} (${(e as NodeJS.ErrnoException).code}): give --svg a file in a directory that exists`)
-    }
-    process.stdout.write(`\nwrote ${o.svg}\n`)
-  }
+  if (o.svg) writeSvg(o.svg, renderSvg(model))
   return 0
+}
+
+/** Writes a picture for `--svg FILE` (lab show, lab trace), with a message a learner can act on. */
+export function writeSvg(file: string, svg: string): void {
+  try {
+    writeFileSync(file, svg)
+  } catch (e) {
+    throw new Error(`cannot write the picture to ${file} (${(e as NodeJS.ErrnoException).code}): give --svg a file in a directory that exists`)
+  }
+  process.stderr.write(`wrote ${file}\n`)
 }

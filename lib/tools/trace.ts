@@ -12,12 +12,13 @@ import { doctorLine } from './scenarios.ts'
 import { containsAddress, parseAddress, parseCidr } from '../plugin/ip.ts'
 import { inNetns, ipj, netnsWithPrefix, sh } from './harness/netns.ts'
 
-export const TRACE_USAGE = `kube-cni lab trace FROM TO [--port N] [--udp] [--json]
+export const TRACE_USAGE = `kube-cni lab trace FROM TO [--port N] [--udp] [--json] [--svg FILE]
   Sends one probe (a TCP connect to the lab's echo port, or one UDP datagram with --udp) from FROM to TO in a
   running lab and shows the path the kernel took: per netns the interfaces, the route, the neighbour (bridge
   port or VXLAN remote), every iptables rule whose counter the probe moved, the addresses as seen there, and
   where and why it stopped, with the doctor finding that names the cause.
-  FROM and TO: a pod (n1-p1), a node (node1), outside, or an address one of them has.`
+  FROM and TO: a pod (n1-p1), a node (node1), outside, or an address one of them has.
+  --svg FILE also draws the path on the picture of the lab (\`kube-cni lab show --svg\`), its interfaces in red.`
 
 interface Endpoint {
   ns: string
@@ -298,6 +299,7 @@ export async function traceCommand(argv: string[]): Promise<number> {
       port: { type: 'string', default: String(PORT) },
       udp: { type: 'boolean', default: false },
       json: { type: 'boolean', default: false },
+      svg: { type: 'string' },
       help: { type: 'boolean', short: 'h', default: false },
     },
   })
@@ -307,5 +309,10 @@ export async function traceCommand(argv: string[]): Promise<number> {
   if (process.getuid?.() !== 0) throw new Error('the lab lives in network namespaces: run it as root (sudo)')
   const t = await trace(positionals[0], positionals[1], { port, udp: v.udp! })
   process.stdout.write(v.json ? `${JSON.stringify(t)}\n` : `${render(positionals[0], positionals[1], t)}\n`)
+  if (v.svg) {
+    const { labModel, renderSvg, writeSvg } = await import('./show.ts')
+    const path = t.hops.flatMap((h) => [h.in, h.out].flatMap((dev) => (dev ? [{ netns: h.netns, dev }] : [])))
+    writeSvg(v.svg, renderSvg(labModel(), path))
+  }
   return t.delivered ? 0 : 1
 }

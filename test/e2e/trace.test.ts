@@ -1,5 +1,8 @@
 // `kube-cni lab trace`: one probe through a lab of this test's own (kctr<pid>-*), healthy and broken.
 import { spawnSync } from 'node:child_process'
+import { mkdtempSync, readFileSync, rmSync } from 'node:fs'
+import { tmpdir } from 'node:os'
+import { join } from 'node:path'
 import { test } from 'uvu'
 import * as assert from 'uvu/assert'
 import { PLUGIN, must } from '../helpers/cluster.ts'
@@ -46,6 +49,20 @@ test('n1-p1 → n2-p1: delivered, through both nodes, ending in the pod with its
   const human = lab('trace', 'n1-p1', 'n2-p1')
   assert.is(human.code, 0)
   assert.match(human.stdout, /delivered/)
+})
+
+test('--svg draws the traced path on the lab picture: the interfaces the probe crossed, and only they, in red', () => {
+  const dir = mkdtempSync(join(tmpdir(), PREFIX))
+  const r = lab('trace', 'n1-p1', 'n2-p1', '--json', '--svg', join(dir, 'trace.svg'))
+  const svg = readFileSync(join(dir, 'trace.svg'), 'utf8')
+  rmSync(dir, { recursive: true, force: true })
+  assert.is(r.code, 0, r.stderr)
+  const t: Trace = JSON.parse(r.stdout) // still one JSON document on stdout
+  assert.match(svg, /^<svg[\s>]|<svg[\s>]/)
+  const hot = [...svg.matchAll(/<g class="port hot" data-netns="([^"]+)" data-dev="([^"]+)"/g)].map((m) => `${m[1]} ${m[2]}`)
+  assert.ok(hot.length >= 4, hot.join(', '))
+  for (const port of hot) assert.ok(t.hops.some((h) => port.startsWith(`${h.netns} `)), `${port} is on the path`)
+  assert.ok(hot.includes(`${PREFIX}n1p1 eth0`) && hot.includes(`${PREFIX}n2p1 eth0`), hot.join(', '))
 })
 
 test('to outside: the masquerade rule counts the probe, and the hops after node1 see node1\'s address', () => {
