@@ -37,19 +37,23 @@ async function cmdAdd(inv: Invocation, conf: NetConf): Promise<object> {
   requireSandbox(inv, Code.InvalidEnv)
 
   // The bridge, created on first use (the bash original needed `brctl addbr cni0` by hand), and with it
-  // the once-per-node setup: ip_forward, FORWARD accept and the masquerade of traffic leaving the cluster.
-  await ensureNode(conf)
+  // the once-per-node setup: ip_forward, FORWARD accept and the masquerade of traffic leaving the cluster,
+  // checked on every ADD (a firewall reload removes them) while the pod's own steps run.
+  const node = await ensureNode(conf)
 
   // IPAM: the record of this attachment first, then one address per family from this node's podCIDR.
   const store = storeFor(conf)
   const attachment = store.open(owner(inv))
+  let made: string | undefined // the host veth, once the pod has its network
   try {
     const ips = conf.pools.map((pool) => ({ pool, ip: attachment.reserve(pool) }))
 
     // The veth pair into the sandbox, attached to the bridge, with the pod's address and default route.
     const { hostVeth, links } = await createVeth(inv, conf, ips, attachment)
+    made = hostVeth
     // Its children are done: a pid recycled by then must not look like one to a later DEL.
     attachment.clearPids()
+    await node.rules
 
     // The result, in the version the runtime asked for.
     return encodeResult(
@@ -70,7 +74,8 @@ async function cmdAdd(inv: Invocation, conf: NetConf): Promise<object> {
       conf.cniVersion,
     )
   } catch (e) {
-    // A failed ADD leaves no reserved IP behind (setupPod already removed any veth it made).
+    // A failed ADD leaves no veth and no reserved IP behind (setupPod removes a veth it could not finish).
+    if (made) await teardownPod(inv.netns, inv.ifname, made).catch((err) => log.error(`cannot remove ${made}: ${(err as Error).message}`))
     store.release(owner(inv))
     throw e
   } finally {

@@ -22,26 +22,39 @@ import { createBridge, linkExists } from './link.ts'
 import { log } from './log.ts'
 import type { NetConf, Pool } from './netconf.ts'
 
-export async function ensureNode(conf: NetConf): Promise<void> {
+/**
+ * The node as this config needs it. What the pod's veth needs (the bridge) is in place when this returns. The
+ * rules check, a child process of about 25 ms, is what most of the cost would be: when the stats find nothing
+ * wrong it runs beside the pod's own execs, and `rules` settles once it is done and anything it found missing
+ * is repaired. The caller awaits `rules` before it answers, and undoes the pod if it fails.
+ */
+export async function ensureNode(conf: NetConf): Promise<{ rules: Promise<void> }> {
   const marker = join(conf.dataDir, conf.name, 'node-ready')
   const wanted = setupFor(conf)
-  const inPlace = async () => readText(marker) === wanted && linkExists(conf.bridge) && knobsOn(conf) && (await rulesInPlace(conf))
+  const statsOk = () => readText(marker) === wanted && linkExists(conf.bridge) && knobsOn(conf)
+  const repair = () =>
+    withLock(join(conf.dataDir, 'node.lock'), async () => {
+      if (statsOk() && (await rulesInPlace(conf))) return // another ADD repaired it while we waited
+      const previous = readText(marker)
+      log.info(`node setup for network ${conf.name}: ${previous === undefined ? 'first ADD' : previous === wanted ? 'repairing what changed outside kube-cni' : 'applying a changed config'}`)
+      enableKnobs(conf)
+      for (const pool of conf.pools) await ensureRules(conf, pool, previous)
+      await createBridge(conf)
+      makeDir(join(marker, '..'))
+      try {
+        writeAtomic(marker, wanted)
+      } catch (e) {
+        throw ioError('write', marker, e)
+      }
+    })
   if (!existsSync(BRIDGE_NF)) log.info(`warning: ${noBridgeNetfilter.msg}; ${noBridgeNetfilter.fix}`)
-  if (await inPlace()) return
-  await withLock(join(conf.dataDir, 'node.lock'), async () => {
-    if (await inPlace()) return // another ADD repaired it while we waited
-    const previous = readText(marker)
-    log.info(`node setup for network ${conf.name}: ${previous === undefined ? 'first ADD' : previous === wanted ? 'repairing what changed outside kube-cni' : 'applying a changed config'}`)
-    enableKnobs(conf)
-    for (const pool of conf.pools) await ensureRules(conf, pool, previous)
-    await createBridge(conf)
-    makeDir(join(marker, '..'))
-    try {
-      writeAtomic(marker, wanted)
-    } catch (e) {
-      throw ioError('write', marker, e)
-    }
-  })
+  if (!statsOk()) {
+    await repair()
+    return { rules: Promise.resolve() }
+  }
+  const rules = rulesInPlace(conf).then((inPlace) => (inPlace ? undefined : repair()))
+  rules.catch(() => {}) // awaited by the caller; this only keeps a failure before then from crashing the process
+  return { rules }
 }
 
 /** What the node was set up for: a change in any of it is applied by the next ADD. */
