@@ -84,6 +84,11 @@ function show(line: string): void {
   if (explain.enabled) process.stderr.write(`  ${line}\n`)
 }
 
+/** A child's explain lines as they are, its log lines as comments: what explain mode prints stays a shell script. */
+function showChild(stderr: string): void {
+  if (explain.enabled) process.stderr.write(stderr.replace(/^(?=\d{4}-\d\d-\d\dT)/gm, '# '))
+}
+
 // ---- up ------------------------------------------------------------------------------------------------
 
 export function planLab(o: LabOptions): LabState {
@@ -171,7 +176,7 @@ async function cniAdd(node: LabNode, pod: { name: string; ns: string }): Promise
     netconfOf(node),
     node.ns,
   )
-  if (explain.enabled) process.stderr.write(r.stderr)
+  showChild(r.stderr)
   if (r.code !== 0) throw new Error(`ADD ${pod.name} failed: ${r.stdout}${r.stderr}`)
   return r.json
 }
@@ -180,7 +185,7 @@ async function runRoutes(node: LabNode, backend: string): Promise<void> {
   show(`# kube-cni routes on ${node.name}`)
   const args = ['routes', '--node', node.name, '--nodes-json', join(STATE_DIR, 'nodes.json'), '--backend', backend, ...(explain.enabled ? ['--explain'] : [])]
   const r = await $({ quiet: true, nothrow: true })`${inNetns(node.ns, [...self(), ...args])}`
-  if (explain.enabled) process.stderr.write(r.stderr)
+  showChild(r.stderr)
   if (r.exitCode !== 0) throw new Error(`kube-cni routes on ${node.name} failed: ${r.stderr}`)
 }
 
