@@ -23,10 +23,11 @@ export interface Proc {
   start: number // field 22 of /proc/<pid>/stat, clock ticks since boot
 }
 
-export const explain = { enabled: process.env.KUBE_CNI_EXPLAIN === '1' }
+// KUBE_CNI_EXPLAIN=1 prints the commands, =summary one line per step: what and why.
+export const explain = { enabled: ['1', 'summary'].includes(process.env.KUBE_CNI_EXPLAIN ?? ''), summary: process.env.KUBE_CNI_EXPLAIN === 'summary' }
 
 /**
- * Prints steps as lines a root shell runs as they are: each goes into the pod's netns (`netns`, a path) or
+ * Prints steps as lines a root shell runs as they are (with summary, one comment line each: the step and why): each goes into the pod's netns (`netns`, a path) or
  * the netns the plugin runs in, and the comment goes on the first line, so a here-document still ends.
  */
 export function explainSteps(steps: Step[], netns?: string): void {
@@ -34,6 +35,10 @@ export function explainSteps(steps: Step[], netns?: string): void {
   const where = netns ? `nsenter --net=${netns} ` : ownNetns()
   for (const s of steps) {
     const [first, ...rest] = s.line.split('\n')
+    if (explain.summary) {
+      process.stderr.write(`  # ${first.replace(/ <<'EOF'$/, '')}${s.why ? ` (${s.why})` : ''}\n`)
+      continue
+    }
     process.stderr.write(`  ${where}${first}${s.why ? `\t# ${s.why}` : ''}\n${rest.map((l) => `${l}\n`).join('')}`)
   }
 }

@@ -171,7 +171,7 @@ async function cniAdd(node: LabNode, pod: { name: string; ns: string }): Promise
       containerId: `lab-${pod.name}`,
       netns: nsPath(pod.ns),
       args: `IgnoreUnknown=1;K8S_POD_NAMESPACE=lab;K8S_POD_NAME=${pod.name}`,
-      env: explain.enabled ? { KUBE_CNI_EXPLAIN: '1' } : {},
+      env: explain.enabled ? { KUBE_CNI_EXPLAIN: process.env.KUBE_CNI_EXPLAIN! } : {},
     },
     netconfOf(node),
     node.ns,
@@ -183,7 +183,7 @@ async function cniAdd(node: LabNode, pod: { name: string; ns: string }): Promise
 
 async function runRoutes(node: LabNode, backend: string): Promise<void> {
   show(`# kube-cni routes on ${node.name}`)
-  const args = ['routes', '--node', node.name, '--nodes-json', join(STATE_DIR, 'nodes.json'), '--backend', backend, ...(explain.enabled ? ['--explain'] : [])]
+  const args = ['routes', '--node', node.name, '--nodes-json', join(STATE_DIR, 'nodes.json'), '--backend', backend]
   const r = await $({ quiet: true, nothrow: true })`${inNetns(node.ns, [...self(), ...args])}`
   showChild(r.stderr)
   if (r.exitCode !== 0) throw new Error(`kube-cni routes on ${node.name} failed: ${r.stderr}`)
@@ -277,25 +277,77 @@ function explore(state: LabState): string {
 
 // ---- the command ---------------------------------------------------------------------------------------
 
+export const LAB_USAGE = `kube-cni lab VERB [options]: a virtual cluster in network namespaces (run as root)
+
+  demo                 build a lab, show the pod-to-pod and outside matrix, run DEL for one pod, remove it all
+  up                   the same, but leave the lab running to explore
+  down                 remove the lab (every ${PREFIX}* netns and ${STATE_DIR})
+  status               the running lab, or what a crashed one left
+  check                the matrix, Services, hairpin, MTU and the plugin chain of the running lab
+  scenarios            the ways \`lab break\` can break a node
+  break SCENARIO       break the running lab (--node N picks the node)
+
+Options:
+  --nodes N            nodes, 1 to 50 (default 2)
+  --pods M             pods per node, 1 to 50 (default 2)
+  --backend B          host-gw or vxlan (default host-gw)
+  --dual-stack         IPv6 too (also: npm run demo --dual-stack)
+  --keep               demo: leave the lab running
+  --explain[=summary]  print every step as a shell line you can replay (summary: one line per step, what and why)
+  --node NAME          break: the node (default node1)
+  -h, --help           this text
+
+With npm: sudo npm run demo -- --nodes 3 --pods 4`
+
+/** A mistake in the command line: exit 2 and the usage, not a stack trace. */
+class UsageError extends Error {}
+
+function parseLab(argv: string[]) {
+  // --explain=summary is a value of a flag that is otherwise boolean: parseArgs has no such option type.
+  const mode = argv.find((a) => a.startsWith('--explain='))?.slice('--explain='.length)
+  if (mode !== undefined && mode !== 'summary' && mode !== 'full') throw new UsageError(`--explain takes summary or full, not ${JSON.stringify(mode)}`)
+  let parsed
+  try {
+    parsed = parseArgs({
+      args: argv.map((a) => (a.startsWith('--explain=') ? '--explain' : a)),
+      allowPositionals: true,
+      options: {
+        nodes: { type: 'string', default: '2' },
+        pods: { type: 'string', default: '2' },
+        backend: { type: 'string', default: 'host-gw' },
+        keep: { type: 'boolean', default: false },
+        explain: { type: 'boolean', default: false },
+        'dual-stack': { type: 'boolean', default: false },
+        node: { type: 'string', default: 'node1' },
+        help: { type: 'boolean', short: 'h', default: false },
+      },
+    })
+  } catch (e) {
+    throw new UsageError((e as Error).message)
+  }
+  return { ...parsed, summary: mode === 'summary' }
+}
+
+// The positional arguments each verb takes after itself.
+const ARGS: Record<string, number> = { demo: 0, up: 0, down: 0, status: 0, check: 0, scenarios: 0, break: 1 }
+
 export async function labCommand(argv: string[]): Promise<number> {
   if (argv[0] === 'echo-server' || argv[0] === 'echo-probe') return echoCommand(argv[0], argv.slice(1))
-  const { values: o, positionals } = parseArgs({
-    args: argv,
-    allowPositionals: true,
-    options: {
-      nodes: { type: 'string', default: '2' },
-      pods: { type: 'string', default: '2' },
-      backend: { type: 'string', default: 'host-gw' },
-      keep: { type: 'boolean', default: false },
-      explain: { type: 'boolean', default: false },
-      'dual-stack': { type: 'boolean', default: false },
-      node: { type: 'string', default: 'node1' },
-    },
-  })
+  try {
+    return await lab(argv)
+  } catch (e) {
+    if (!(e instanceof UsageError)) throw e
+    process.stderr.write(`kube-cni lab: ${e.message}\n\n${LAB_USAGE}\n`)
+    return 2
+  }
+}
+
+async function lab(argv: string[]): Promise<number> {
+  const { values: o, positionals, summary } = parseLab(argv)
+  if (o.help) return process.stdout.write(`${LAB_USAGE}\n`), 0
   const verb = positionals[0] ?? 'demo'
-  if (verb === 'scenarios' || verb === 'break' || verb === 'check') return (await import('./scenarios.ts')).scenarioCommand(verb, positionals[1], o.node)
-  if (process.getuid?.() !== 0) throw new Error('the lab creates network namespaces: run it as root (sudo)')
-  if (o.explain) explain.enabled = true
+  if (!(verb in ARGS)) throw new UsageError(`unknown lab command ${JSON.stringify(verb)}`)
+  if (positionals.length - 1 > ARGS[verb]) throw new UsageError(`lab ${verb} takes ${ARGS[verb] || 'no'} argument${ARGS[verb] === 1 ? '' : 's'}, not ${positionals.slice(1).join(' ')}`)
   const opts: LabOptions = {
     nodes: Number(o.nodes),
     pods: Number(o.pods),
@@ -303,21 +355,31 @@ export async function labCommand(argv: string[]): Promise<number> {
     // `npm run demo --dual-stack` reaches us as npm's config, not as an argument.
     dualStack: o['dual-stack'] || process.env.npm_config_dual_stack === 'true',
   }
-  if (!(opts.nodes >= 1 && opts.nodes <= 50 && opts.pods >= 1 && opts.pods <= 50)) throw new Error('--nodes and --pods take 1 to 50')
-  if (opts.backend !== 'host-gw' && opts.backend !== 'vxlan') throw new Error('--backend is host-gw or vxlan')
+  if (!(Number.isInteger(opts.nodes) && opts.nodes >= 1 && opts.nodes <= 50 && Number.isInteger(opts.pods) && opts.pods >= 1 && opts.pods <= 50))
+    throw new UsageError('--nodes and --pods take 1 to 50')
+  if (opts.backend !== 'host-gw' && opts.backend !== 'vxlan') throw new UsageError('--backend is host-gw or vxlan')
+  if (verb === 'scenarios' || verb === 'break' || verb === 'check') return (await import('./scenarios.ts')).scenarioCommand(verb, positionals[1], o.node)
+  if (process.getuid?.() !== 0) throw new Error('the lab creates network namespaces: run it as root (sudo)')
+  if (o.explain) {
+    Object.assign(explain, { enabled: true, summary })
+    // The plugin and `kube-cni routes` the lab runs explain in the same way.
+    process.env.KUBE_CNI_EXPLAIN = summary ? 'summary' : '1'
+  }
   if (verb === 'down') return (await down()), 0
   if (verb === 'status') return status()
-  if (verb !== 'up' && verb !== 'demo') throw new Error(`unknown lab command ${verb}: use up, down, status, check, break, scenarios or demo`)
+  return demo(verb, opts, o.keep)
+}
+
+async function demo(verb: string, opts: LabOptions, keep: boolean): Promise<number> {
   const started = Date.now()
   try {
     const state = await up(opts)
     const r = await report(state)
     process.stdout.write(`${r.text}\n`)
-    const keep = verb === 'up' || o.keep
-    if (keep) process.stdout.write(`${explore(state)}\n`)
+    if (verb === 'up' || keep) process.stdout.write(`${explore(state)}\n`)
     process.stdout.write(`\n(${((Date.now() - started) / 1000).toFixed(1)} s)\n`)
     return r.podToPod.every((p) => p.ok && p.kept) && r.outside.every((x) => x.ok) ? 0 : 1
   } finally {
-    if (verb === 'demo' && !o.keep) await down(true)
+    if (verb === 'demo' && !keep) await down(true)
   }
 }
