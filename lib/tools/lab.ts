@@ -252,7 +252,12 @@ export async function down(quiet = false): Promise<number> {
 function status(): number {
   const file = join(STATE_DIR, 'state.json')
   if (!existsSync(file)) {
-    process.stdout.write('kube-cni lab: not running (start it with: kube-cni lab up)\n')
+    const left = netnsWithPrefix(PREFIX)
+    process.stdout.write(
+      left.length
+        ? `kube-cni lab: not running, but an interrupted lab left ${left.length} network namespaces: ${left.join(' ')}\nRemove them with: sudo ${self().join(' ')} lab down\n`
+        : 'kube-cni lab: not running (start it with: kube-cni lab up)\n',
+    )
     return 1
   }
   const state: LabState = JSON.parse(readFileSync(file, 'utf8'))
@@ -372,8 +377,18 @@ async function lab(argv: string[]): Promise<number> {
 
 async function demo(verb: string, opts: LabOptions, keep: boolean): Promise<number> {
   const started = Date.now()
+  // Until the lab is complete, an interruption removes it; a demo removes it whenever it ends.
+  let complete = false
+  const stop = (why: string, code: number) => {
+    if (!(complete && (verb === 'up' || keep))) removeAfter(why)
+    process.exit(code)
+  }
+  const signals = { SIGINT: 130, SIGTERM: 143, SIGHUP: 129 }
+  for (const [sig, code] of Object.entries(signals)) process.on(sig, () => stop(`interrupted (${sig})`, code))
+  process.stdout.on('error', (e: NodeJS.ErrnoException) => stop(`stdout was closed (${e.code})`, 1))
   try {
     const state = await up(opts)
+    complete = true
     const r = await report(state)
     process.stdout.write(`${r.text}\n`)
     if (verb === 'up' || keep) process.stdout.write(`${explore(state)}\n`)
@@ -381,5 +396,19 @@ async function demo(verb: string, opts: LabOptions, keep: boolean): Promise<numb
     return r.podToPod.every((p) => p.ok && p.kept) && r.outside.every((x) => x.ok) ? 0 : 1
   } finally {
     if (verb === 'demo' && !keep) await down(true)
+  }
+}
+
+/** Removes the lab, or says exactly what is left and how to remove it. */
+function removeAfter(why: string): void {
+  down(true)
+  const left = netnsWithPrefix(PREFIX)
+  const said = left.length
+    ? `${why}: the lab could not remove the network namespaces ${left.join(' ')}; remove them with: sudo ${self().join(' ')} lab down (or ip netns del NAME)`
+    : `${why}: removed the lab`
+  try {
+    process.stderr.write(`kube-cni lab: ${said}\n`)
+  } catch {
+    // stderr is gone too: nobody is left to tell
   }
 }

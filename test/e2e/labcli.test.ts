@@ -1,8 +1,18 @@
 // The lab's command line: usage errors, --help on every verb, and a demo that is interrupted.
-import { spawnSync } from 'node:child_process'
+import { spawn, spawnSync } from 'node:child_process'
+import { once } from 'node:events'
 import { test } from 'uvu'
 import * as assert from 'uvu/assert'
-import { PLUGIN } from '../helpers/cluster.ts'
+import { sleep } from 'zx'
+import { addNetns, netnsWithPrefix } from '../../lib/tools/harness/netns.ts'
+import { PLUGIN, PREFIX } from '../helpers/cluster.ts'
+
+// A lab of this test's own: its netns and state dir are named apart from any other lab on the machine.
+const LAB_PREFIX = `${PREFIX}lab-`
+const env = { ...process.env, KUBE_CNI_LAB_PREFIX: LAB_PREFIX }
+test.after.each(() => {
+  spawnSync('node', [PLUGIN, 'lab', 'down'], { env })
+})
 
 const lab = (...args: string[]) => spawnSync('node', [PLUGIN, 'lab', ...args], { encoding: 'utf8' })
 
@@ -31,6 +41,49 @@ for (const args of [['--nodse', '3'], ['demo', 'extra'], ['status', 'now'], ['dm
 test('kube-cni --help names every lab option', () => {
   const r = spawnSync('node', [PLUGIN, '--help'], { encoding: 'utf8' })
   for (const option of ['--nodes', '--pods', '--backend', '--dual-stack', '--keep', '--explain']) assert.ok(r.stdout.includes(option), option)
+})
+
+async function until(ok: () => boolean, what: string): Promise<void> {
+  for (let i = 0; !ok(); i++) {
+    if (i > 1200) throw new Error(`waited a minute for ${what}`)
+    await sleep(50)
+  }
+}
+
+/** A demo of this test's lab, its stderr collected as it comes. */
+function startDemo() {
+  const child = spawn('node', [PLUGIN, 'lab', 'demo', '--explain', '--pods', '1'], { env })
+  const out = { stderr: '', child }
+  child.stderr.setEncoding('utf8').on('data', (d) => (out.stderr += d))
+  return out
+}
+
+test('SIGTERM in the middle of the demo: it removes every netns it made and says so', async () => {
+  const demo = startDemo()
+  demo.child.stdout.resume()
+  await until(() => demo.stderr.includes('# ADD'), 'the first ADD')
+  demo.child.kill('SIGTERM')
+  const [code] = await once(demo.child, 'exit')
+  assert.is(code, 143, demo.stderr.slice(-2000))
+  assert.equal(netnsWithPrefix(LAB_PREFIX), [])
+  assert.match(demo.stderr, /kube-cni lab: interrupted \(SIGTERM\): removed the lab/)
+})
+
+test('the reader of its stdout goes away: the demo removes every netns it made', async () => {
+  const demo = startDemo()
+  demo.child.stdout.once('data', () => demo.child.stdout.destroy())
+  const [code] = await once(demo.child, 'exit')
+  assert.is.not(code, 0)
+  assert.equal(netnsWithPrefix(LAB_PREFIX), [], demo.stderr.slice(-2000))
+  assert.match(demo.stderr, /stdout was closed \(EPIPE\): removed the lab/)
+})
+
+test('lab status names the netns an interrupted lab left, and how to remove them', () => {
+  addNetns(`${LAB_PREFIX}node1`)
+  const r = spawnSync('node', [PLUGIN, 'lab', 'status'], { env, encoding: 'utf8' })
+  assert.is(r.status, 1)
+  assert.match(r.stdout, new RegExp(`left 1 network namespaces: ${LAB_PREFIX}node1\n`))
+  assert.match(r.stdout, /Remove them with: sudo .* lab down/)
 })
 
 test.run()
