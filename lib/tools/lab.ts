@@ -14,8 +14,8 @@ import { $ } from 'zx/core'
 import { CONFLIST_NAME, renderConflist } from './conflist.ts'
 import { explain } from '../plugin/exec.ts'
 import { echoCommand, echoWith } from './harness/echo.ts'
-import { addNetns, delNetns, inNetns, netnsWithPrefix, nsPath } from './harness/netns.ts'
-import { callPlugin } from './harness/runtime.ts'
+import { addNetns, delNetns, inNetns, ipj, netnsWithPrefix, nsPath } from './harness/netns.ts'
+import { type Call, type PluginResult, callPlugin, cniEnv } from './harness/runtime.ts'
 import { nodeList, outsideHost, plugIn, router } from './harness/topology.ts'
 
 // A test sets its own prefix, so that it neither removes nor is removed by a lab someone else is running.
@@ -162,23 +162,72 @@ export function netconfOf(node: LabNode): string {
   return JSON.stringify({ cniVersion: list.cniVersion, name: list.name, ...list.plugins[0] })
 }
 
-async function cniAdd(node: LabNode, pod: { name: string; ns: string }): Promise<any> {
-  show(`# ADD ${pod.name} on ${node.name}: the runtime execs kube-cni in the node's netns`)
-  const r = await callPlugin(
-    self(),
-    {
-      command: 'ADD',
-      containerId: `lab-${pod.name}`,
-      netns: nsPath(pod.ns),
-      args: `IgnoreUnknown=1;K8S_POD_NAMESPACE=lab;K8S_POD_NAME=${pod.name}`,
-      env: explain.enabled ? { KUBE_CNI_EXPLAIN: process.env.KUBE_CNI_EXPLAIN! } : {},
-    },
-    netconfOf(node),
-    node.ns,
-  )
+type LabPod = LabNode['pods'][number]
+
+/** The call a runtime makes for pod on node: the CNI_* variables; the config goes on stdin. */
+function callFor(command: 'ADD' | 'DEL', pod: { name: string; ns: string }): Call {
+  return {
+    command,
+    containerId: `lab-${pod.name}`,
+    netns: nsPath(pod.ns),
+    args: `IgnoreUnknown=1;K8S_POD_NAMESPACE=lab;K8S_POD_NAME=${pod.name}`,
+    env: explain.enabled ? { KUBE_CNI_EXPLAIN: process.env.KUBE_CNI_EXPLAIN! } : {},
+  }
+}
+
+async function cni(command: 'ADD' | 'DEL', node: LabNode, pod: { name: string; ns: string }): Promise<PluginResult> {
+  show(`# ${command} ${pod.name} on ${node.name}: the runtime execs kube-cni in the node's netns`)
+  const r = await callPlugin(self(), callFor(command, pod), netconfOf(node), node.ns)
   showChild(r.stderr)
-  if (r.code !== 0) throw new Error(`ADD ${pod.name} failed: ${r.stdout}${r.stderr}`)
-  return r.json
+  if (r.code !== 0) throw new Error(`${command} ${pod.name} failed: ${r.stdout}${r.stderr}`)
+  return r
+}
+
+const cniAdd = async (node: LabNode, pod: { name: string; ns: string }) => (await cni('ADD', node, pod)).json
+
+/** The demo's last step: one pod's DEL, so that its steps are seen too. */
+async function delOne(state: LabState): Promise<string> {
+  const node = state.nodes[state.nodes.length - 1]
+  const pod = node.pods[node.pods.length - 1]
+  await cni('DEL', node, pod)
+  const left = ipj(pod.ns, 'link', 'show').some((l: { ifname: string }) => l.ifname === 'eth0')
+  node.pods.pop()
+  writeFileSync(join(STATE_DIR, 'state.json'), JSON.stringify(state, null, 2))
+  delNetns(pod.ns)
+  return `DEL ${pod.name} on ${node.name}: ${left ? 'its eth0 is still there' : `eth0 and its veth are gone, ${pod.ips.join(', ')} is free again`}`
+}
+
+/** `lab add NODE`: one more pod on a running lab's node, with both sides of the CNI exchange shown. */
+async function addPod(nodeName: string): Promise<number> {
+  const file = join(STATE_DIR, 'state.json')
+  if (!existsSync(file)) throw new Error('no lab is running: start one with kube-cni lab up')
+  const state: LabState = JSON.parse(readFileSync(file, 'utf8'))
+  const node = state.nodes.find((n) => n.name === nodeName)
+  if (!node) throw new UsageError(`the lab has no node ${nodeName}: it has ${state.nodes.map((n) => n.name).join(', ')}`)
+  const j = Math.max(0, ...node.pods.map((p) => Number(p.name.split('-p')[1]))) + 1
+  const short = node.name.replace('node', 'n')
+  const pod: LabPod = { name: `${short}-p${j}`, ns: `${PREFIX}${short}p${j}`, ips: [] }
+  addNetns(pod.ns)
+  const call = callFor('ADD', pod)
+  const conf = netconfOf(node)
+  const vars = Object.entries(cniEnv(call)).filter(([k]) => k.startsWith('CNI_'))
+  process.stdout.write(
+    [
+      `# The runtime on ${node.name} creates ${pod.ns} for pod ${pod.name}, then execs kube-cni in ${node.ns} with:`,
+      ...vars.map(([k, v]) => `${k}=${v}`),
+      '# and the network config on stdin:',
+      JSON.stringify(JSON.parse(conf), null, 2),
+      '',
+    ].join('\n'),
+  )
+  const r = await callPlugin(self(), call, conf, node.ns)
+  showChild(r.stderr)
+  process.stdout.write(`# kube-cni exits ${r.code} and prints the result on stdout:\n${r.json ? JSON.stringify(r.json, null, 2) : r.stdout}\n`)
+  if (r.code !== 0) return delNetns(pod.ns), 1
+  pod.ips = r.json.ips.map((i: { address: string }) => i.address.split('/')[0])
+  node.pods.push(pod)
+  writeFileSync(file, JSON.stringify(state, null, 2))
+  return 0
 }
 
 async function runRoutes(node: LabNode, backend: string): Promise<void> {
@@ -288,6 +337,8 @@ export const LAB_USAGE = `kube-cni lab VERB [options]: a virtual cluster in netw
   up                   the same, but leave the lab running to explore
   down                 remove the lab (every ${PREFIX}* netns and ${STATE_DIR})
   status               the running lab, or what a crashed one left
+  add NODE             add one pod to NODE of the running lab as a runtime would, showing the CNI_* variables,
+                       the config on stdin and the result
   check                the matrix, Services, hairpin, MTU and the plugin chain of the running lab
   scenarios            the ways \`lab break\` can break a node
   break SCENARIO       break the running lab (--node N picks the node)
@@ -334,7 +385,7 @@ function parseLab(argv: string[]) {
 }
 
 // The positional arguments each verb takes after itself.
-const ARGS: Record<string, number> = { demo: 0, up: 0, down: 0, status: 0, check: 0, scenarios: 0, break: 1 }
+const ARGS: Record<string, number> = { demo: 0, up: 0, down: 0, status: 0, check: 0, scenarios: 0, break: 1, add: 1 }
 
 export async function labCommand(argv: string[]): Promise<number> {
   if (argv[0] === 'echo-server' || argv[0] === 'echo-probe') return echoCommand(argv[0], argv.slice(1))
@@ -352,7 +403,7 @@ async function lab(argv: string[]): Promise<number> {
   if (o.help) return process.stdout.write(`${LAB_USAGE}\n`), 0
   const verb = positionals[0] ?? 'demo'
   if (!(verb in ARGS)) throw new UsageError(`unknown lab command ${JSON.stringify(verb)}`)
-  if (positionals.length - 1 > ARGS[verb]) throw new UsageError(`lab ${verb} takes ${ARGS[verb] || 'no'} argument${ARGS[verb] === 1 ? '' : 's'}, not ${positionals.slice(1).join(' ')}`)
+  if (positionals.length - 1 !== ARGS[verb]) throw new UsageError(`lab ${verb} takes ${ARGS[verb] || 'no'} argument${ARGS[verb] === 1 ? '' : 's'}, not ${JSON.stringify(positionals.slice(1).join(' '))}`)
   const opts: LabOptions = {
     nodes: Number(o.nodes),
     pods: Number(o.pods),
@@ -372,6 +423,7 @@ async function lab(argv: string[]): Promise<number> {
   }
   if (verb === 'down') return (await down()), 0
   if (verb === 'status') return status()
+  if (verb === 'add') return addPod(positionals[1])
   return demo(verb, opts, o.keep)
 }
 
@@ -391,6 +443,7 @@ async function demo(verb: string, opts: LabOptions, keep: boolean): Promise<numb
     complete = true
     const r = await report(state)
     process.stdout.write(`${r.text}\n`)
+    if (verb === 'demo') process.stdout.write(`\n${await delOne(state)}\n`)
     if (verb === 'up' || keep) process.stdout.write(`${explore(state)}\n`)
     process.stdout.write(`\n(${((Date.now() - started) / 1000).toFixed(1)} s)\n`)
     return r.podToPod.every((p) => p.ok && p.kept) && r.outside.every((x) => x.ok) ? 0 : 1

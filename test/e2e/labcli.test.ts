@@ -4,7 +4,7 @@ import { once } from 'node:events'
 import { test } from 'uvu'
 import * as assert from 'uvu/assert'
 import { sleep } from 'zx'
-import { addNetns, netnsWithPrefix } from '../../lib/tools/harness/netns.ts'
+import { addNetns, ipj, netnsWithPrefix } from '../../lib/tools/harness/netns.ts'
 import { PLUGIN, PREFIX } from '../helpers/cluster.ts'
 
 // A lab of this test's own: its netns and state dir are named apart from any other lab on the machine.
@@ -18,7 +18,7 @@ const lab = (...args: string[]) => spawnSync('node', [PLUGIN, 'lab', ...args], {
 
 const OPTIONS = ['--nodes', '--pods', '--backend', '--dual-stack', '--keep', '--explain', '--node', '--help']
 
-for (const verb of ['', 'demo', 'up', 'down', 'status', 'check', 'scenarios', 'break']) {
+for (const verb of ['', 'demo', 'up', 'down', 'status', 'add', 'check', 'scenarios', 'break']) {
   test(`lab ${verb} --help prints the usage with every option and exits 0`, () => {
     const r = lab(...(verb ? [verb] : []), '--help')
     assert.is(r.status, 0, r.stderr)
@@ -27,7 +27,7 @@ for (const verb of ['', 'demo', 'up', 'down', 'status', 'check', 'scenarios', 'b
   })
 }
 
-for (const args of [['--nodse', '3'], ['demo', 'extra'], ['status', 'now'], ['dmeo'], ['--nodes', 'three'], ['--pods', '0'], ['--backend', 'flannel'], ['--explain=loud'], ['--keep=yes']]) {
+for (const args of [['--nodse', '3'], ['add'], ['demo', 'extra'], ['status', 'now'], ['dmeo'], ['--nodes', 'three'], ['--pods', '0'], ['--backend', 'flannel'], ['--explain=loud'], ['--keep=yes']]) {
   test(`lab ${args.join(' ')}: a usage error (exit 2, what is wrong and the usage), never ignored`, () => {
     const r = lab(...args)
     assert.is(r.status, 2, r.stdout + r.stderr)
@@ -84,6 +84,30 @@ test('lab status names the netns an interrupted lab left, and how to remove them
   assert.is(r.status, 1)
   assert.match(r.stdout, new RegExp(`left 1 network namespaces: ${LAB_PREFIX}node1\n`))
   assert.match(r.stdout, /Remove them with: sudo .* lab down/)
+})
+
+test("the demo ends with one pod's DEL, its steps explained", () => {
+  const r = spawnSync('node', [PLUGIN, 'lab', 'demo', '--explain', '--pods', '1'], { env, encoding: 'utf8' })
+  assert.is(r.status, 0, r.stdout + r.stderr.slice(-2000))
+  assert.match(r.stdout, /DEL n2-p1 on node2: eth0 and its veth are gone, 10\.200\.2\.2 is free again/)
+  assert.match(r.stderr, new RegExp(`# DEL n2-p1 on node2.*\n  ip netns exec ${LAB_PREFIX}node2 ip link del dev veth[0-9a-f]{8}\t#`))
+  assert.equal(netnsWithPrefix(LAB_PREFIX), [])
+})
+
+test('lab add NODE: one more pod, as a runtime adds it, with the CNI_* variables, the config and the result shown', () => {
+  const up = spawnSync('node', [PLUGIN, 'lab', 'up', '--pods', '1'], { env, encoding: 'utf8' })
+  assert.is(up.status, 0, up.stderr)
+  const r = spawnSync('node', [PLUGIN, 'lab', 'add', 'node1'], { env, encoding: 'utf8' })
+  assert.is(r.status, 0, r.stdout + r.stderr)
+  for (const line of ['CNI_COMMAND=ADD', 'CNI_CONTAINERID=lab-n1-p2', `CNI_NETNS=/var/run/netns/${LAB_PREFIX}n1p2`, 'CNI_IFNAME=eth0', 'CNI_ARGS=IgnoreUnknown=1;K8S_POD_NAMESPACE=lab;K8S_POD_NAME=n1-p2'])
+    assert.ok(r.stdout.includes(`\n${line}\n`), line)
+  assert.match(r.stdout, /"subnet": "10\.200\.1\.0\/24"/)
+  assert.match(r.stdout, /# kube-cni exits 0 and prints the result on stdout:\n\{\n  "cniVersion": "1\.0\.0"/)
+  assert.match(r.stdout, /"address": "10\.200\.1\.3\/24"/)
+  const eth0 = ipj(`${LAB_PREFIX}n1p2`, 'addr', 'show', 'dev', 'eth0')[0]
+  assert.ok(eth0.addr_info.some((a: any) => a.local === '10.200.1.3'))
+  const status = spawnSync('node', [PLUGIN, 'lab', 'status'], { env, encoding: 'utf8' })
+  assert.match(status.stdout, /n1-p2=10\.200\.1\.3/)
 })
 
 test.run()
