@@ -263,18 +263,21 @@ export async function report(state: LabState): Promise<Report> {
   for (const f of familiesOf(state)) {
     const target = FAMILIES[f].outside.host
     const seen = await Promise.all(pods.map((p) => probe(p.ns, [...pods.map((q) => ofFamily(q.ips, f)), target], PORT)))
-    lines.push('', `IPv${f}: pod to pod over TCP (✓ reached, ✗ not; "kept" = the server saw the client pod's own IP)`)
-    lines.push(`  ${'from \\ to'.padEnd(w)}${pods.map((p) => p.name.padEnd(16)).join('')}`)
-    pods.forEach((from, i) => {
+    lines.push('', `IPv${f}: pod to pod over TCP (✗ not reached; kept: seen with its own IP)`)
+    const rows = pods.map((from, i) => {
       const mine = ofFamily(from.ips, f)
-      const cells = pods.map((to) => {
+      return pods.map((to) => {
         const got = seen[i][ofFamily(to.ips, f)]
         podToPod.push({ family: f, from: from.name, to: to.name, ok: got !== null, kept: got === mine })
-        return (got === null ? '✗' : got === mine ? '✓ kept' : `✓ NAT ${got}`).padEnd(16)
+        return got === null ? '✗' : got === mine ? '✓ kept' : `✓ NAT ${got}`
       })
-      lines.push(`  ${from.name.padEnd(w)}${cells.join('')}`)
     })
-    lines.push('', `IPv${f}: pod to the outside host ${target} (not in the cluster: it should see the node's IP)`)
+    // Each column as wide as its widest cell, and no padding after the last: the default lab fits 80 columns.
+    const col = Math.max(...pods.map((p) => p.name.length), ...rows.flat().map((c) => c.length)) + 2
+    const row = (head: string, cells: string[]) => `  ${head.padEnd(w)}${cells.map((c) => c.padEnd(col)).join('')}`.trimEnd()
+    lines.push(row('from \\ to', pods.map((p) => p.name)))
+    pods.forEach((from, i) => lines.push(row(from.name, rows[i])))
+    lines.push('', `IPv${f}: pod to the outside host ${target} (it should see the node's IP)`)
     pods.forEach((from, i) => {
       const got = seen[i][target]
       outside.push({ family: f, from: from.name, ok: got !== null, seenAs: got })

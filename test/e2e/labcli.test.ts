@@ -86,11 +86,12 @@ test('lab status names the netns an interrupted lab left, and how to remove them
   assert.match(r.stdout, /Remove them with: sudo .* lab down/)
 })
 
-test("the demo ends with one pod's DEL, its steps explained", () => {
-  const r = spawnSync('node', [PLUGIN, 'lab', 'demo', '--explain', '--pods', '1'], { env, encoding: 'utf8' })
+test("the default demo fits 80 columns and ends with one pod's DEL, its steps explained", () => {
+  const r = spawnSync('node', [PLUGIN, 'lab', 'demo', '--explain'], { env, encoding: 'utf8' })
   assert.is(r.status, 0, r.stdout + r.stderr.slice(-2000))
-  assert.match(r.stdout, /DEL n2-p1 on node2: eth0 and its veth are gone, 10\.200\.2\.2 is free again/)
-  assert.match(r.stderr, new RegExp(`# DEL n2-p1 on node2.*\n  ip netns exec ${LAB_PREFIX}node2 ip link del dev veth[0-9a-f]{8}\t#`))
+  for (const line of r.stdout.split('\n')) assert.ok([...line].length <= 80, `wider than 80 columns: ${JSON.stringify(line)}`)
+  assert.match(r.stdout, /DEL n2-p2 on node2: eth0 and its veth are gone, 10\.200\.2\.3 is free again/)
+  assert.match(r.stderr, new RegExp(`# DEL n2-p2 on node2.*\n  ip netns exec ${LAB_PREFIX}node2 ip link del dev veth[0-9a-f]{8}\t#`))
   assert.equal(netnsWithPrefix(LAB_PREFIX), [])
 })
 
