@@ -41,4 +41,18 @@ test("one ADD's explain lines, piped into bash for a fresh node and pod netns, b
   assert.equal(network(node.ns, pod), want)
 })
 
+test('KUBE_CNI_EXPLAIN=summary: one comment line per step, what and why', async () => {
+  const steps = async (mode: string) => {
+    const node = new Node()
+    const r = await node.cni({ command: 'ADD', containerId: 'c1', netns: nsPath(node.pod()), env: { KUBE_CNI_EXPLAIN: mode } })
+    assert.is(r.code, 0, r.stderr)
+    return r.stderr.split('\n').filter((l) => l && !/^\d{4}-\d\d-\d\dT/.test(l))
+  }
+  const full = await steps('1')
+  const summary = await steps('summary')
+  assert.is(summary.length, full.filter((l) => l.startsWith('  ')).length)
+  for (const line of summary) assert.match(line, /^  # \S/)
+  assert.ok(summary.some((l) => l.startsWith('  # iptables-restore -w --noflush (bash: iptables -A FORWARD')), summary.join('\n'))
+})
+
 test.run()
