@@ -263,7 +263,7 @@ export async function report(state: LabState): Promise<Report> {
   for (const f of familiesOf(state)) {
     const target = FAMILIES[f].outside.host
     const seen = await Promise.all(pods.map((p) => probe(p.ns, [...pods.map((q) => ofFamily(q.ips, f)), target], PORT)))
-    lines.push('', `IPv${f}: pod to pod over TCP (✗ not reached; kept: seen with its own IP)`)
+    lines.push('', `IPv${f}: pod to pod over TCP (✓ reached, ✗ not; kept: seen with its own IP)`)
     const rows = pods.map((from, i) => {
       const mine = ofFamily(from.ips, f)
       return pods.map((to) => {
