@@ -317,12 +317,13 @@ const USAGE = `kube-cni ${version}: a Kubernetes bridge CNI plugin
 As a CNI plugin (how a container runtime calls it):
   CNI_COMMAND=ADD|DEL|CHECK|GC|STATUS|VERSION CNI_CONTAINERID=... CNI_NETNS=... CNI_IFNAME=... \\
     kube-cni < netconf.json
-  Set KUBE_CNI_EXPLAIN=1 to print every kernel step as the shell line that does it by hand.
+  Set KUBE_CNI_EXPLAIN=1 to print every kernel step as the shell line that does it by hand (=summary: one line a step).
 
 As a command:
   kube-cni routes ...   routes to the other nodes' pods (host-gw or vxlan); kube-cni routes --help
-  kube-cni lab up|down|status|check|demo [--nodes N] [--pods M] [--backend host-gw|vxlan] [--keep] [--explain]
-                        a virtual cluster in network namespaces
+  kube-cni lab up|down|status|check|demo [--nodes N] [--pods M] [--backend host-gw|vxlan] [--dual-stack] [--keep]
+                        [--explain[=summary]]
+                        a virtual cluster in network namespaces; kube-cni lab --help
   kube-cni lab scenarios | lab break SCENARIO [--node N]
                         break a running lab the way real nodes break, then let doctor find it
   kube-cni lab trace FROM TO [--port N] [--udp] [--json]

@@ -2,7 +2,7 @@
 // command. zx's `$` is not used here because it starts a bash for every call (about 5 ms each); the lab,
 // the tests and the bench run commands through zx in lib/tools/harness/, where that cost does not matter.
 import { spawn } from 'node:child_process'
-import { readFileSync } from 'node:fs'
+import { readFileSync, readdirSync, statSync } from 'node:fs'
 import { CniError, Code } from './cni.ts'
 
 export interface Output {
@@ -23,11 +23,48 @@ export interface Proc {
   start: number // field 22 of /proc/<pid>/stat, clock ticks since boot
 }
 
-export const explain = { enabled: process.env.KUBE_CNI_EXPLAIN === '1' }
+// KUBE_CNI_EXPLAIN=1 prints the commands, =summary one line per step: what and why.
+export const explain = { enabled: ['1', 'summary'].includes(process.env.KUBE_CNI_EXPLAIN ?? ''), summary: process.env.KUBE_CNI_EXPLAIN === 'summary' }
 
-export function explainSteps(steps: Step[]): void {
+/**
+ * Prints steps as lines a root shell runs as they are (with summary, one comment line each: the step and why): each goes into the pod's netns (`netns`, a path) or
+ * the netns the plugin runs in, and the comment goes on the first line, so a here-document still ends.
+ */
+export function explainSteps(steps: Step[], netns?: string): void {
   if (!explain.enabled) return
-  for (const s of steps) process.stderr.write(`  ${s.line}${s.why ? `\t# ${s.why}` : ''}\n`)
+  const where = netns ? `nsenter --net=${netns} ` : ownNetns()
+  for (const s of steps) {
+    const [first, ...rest] = s.line.split('\n')
+    if (explain.summary) {
+      process.stderr.write(`  # ${first.replace(/ <<'EOF'$/, '')}${s.why ? ` (${s.why})` : ''}\n`)
+      continue
+    }
+    process.stderr.write(`  ${where}${first}${s.why ? `\t# ${s.why}` : ''}\n${rest.map((l) => `${l}\n`).join('')}`)
+  }
+}
+
+let own: string | undefined
+/** `ip netns exec NAME ` when the plugin runs in a named netns (as a runtime on a lab node execs it), else '' (the root netns). */
+function ownNetns(): string {
+  if (own !== undefined) return own
+  own = ''
+  const self = statSync('/proc/self/ns/net')
+  let names: string[] = []
+  try {
+    names = readdirSync('/run/netns')
+  } catch {
+    return own
+  }
+  const name = names.find((n) => {
+    try {
+      const st = statSync(`/run/netns/${n}`)
+      return st.ino === self.ino && st.dev === self.dev
+    } catch {
+      return false
+    }
+  })
+  own = name ? `ip netns exec ${name} ` : ''
+  return own
 }
 
 /** Runs argv[0] with argv[1..], feeding input on stdin. Never throws for a non-zero exit: callers decide. */

@@ -3,7 +3,7 @@
 // two child processes. Every line is also a line a learner can type; explain mode prints them.
 import { closeSync, existsSync, openSync, readSync, readlinkSync, statSync } from 'node:fs'
 import { CniError, Code } from './cni.ts'
-import { type Proc, type Step, explainSteps, run } from './exec.ts'
+import { type Proc, type Step, explain, explainSteps, run } from './exec.ts'
 import { log } from './log.ts'
 import { formatAddress, macFromAddress, nodad } from './ip.ts'
 import type { NetConf, Pool } from './netconf.ts'
@@ -73,7 +73,7 @@ interface BatchResult {
 /** Runs `ip -j -batch -` in the host netns, or inside `netns` (any path) through nsenter. */
 async function ipBatch(steps: Step[], netns?: string, onSpawn?: (proc: Proc) => void): Promise<BatchResult> {
   const prefix = netns ? ['nsenter', `--net=${netns}`, 'ip'] : ['ip']
-  explainSteps(steps.map((s) => ({ ...s, line: `${prefix.join(' ')} ${s.line}` })))
+  if (explain.enabled) explainSteps(steps.map((s) => ({ ...s, line: `ip ${s.line}` })), netns)
   const started = Date.now()
   const out = await run([...prefix, '-j', '-batch', '-'], steps.map((s) => s.line).join('\n') + '\n', onSpawn)
   log.debug(`ip -batch in ${netns ?? 'the host netns'}: ${steps.length} lines, exit ${out.code}, ${Date.now() - started} ms${out.code ? `: ${out.stderr.trim()}` : ''}`)

@@ -439,7 +439,7 @@ export async function reconcile(nodes: NodeList, self: string, backend: Backend,
   const changes = [...ip.map((s) => `ip ${s.line}`), ...bridge.map((s) => `bridge ${s.line}`)]
   const failed: Failure[] = []
   if (!dryRun) {
-    explainSteps([...ip.map((s) => ({ ...s, line: `ip ${s.line}` })), ...bridge.map((s) => ({ ...s, line: `bridge ${s.line}` }))])
+    if (explain.enabled) explainSteps([...ip.map((s) => ({ ...s, line: `ip ${s.line}` })), ...bridge.map((s) => ({ ...s, line: `bridge ${s.line}` }))])
     failed.push(...(await apply('ip', ip)), ...(await apply('bridge', bridge)))
   }
   return { changes, skipped: mergeSkips([...plan.skipped, ...skipped]), failed }

@@ -9,7 +9,7 @@ export const nsPath = (name: string) => `/var/run/netns/${name}`
 
 /** Runs argv, feeding input on stdin. Never throws for a non-zero exit: callers decide. */
 export function sh(argv: string[], input = ''): Output {
-  if (explain.enabled) process.stderr.write(`  ${argv.join(' ')}\n`)
+  if (explain.enabled && !explain.summary) process.stderr.write(`  ${argv.join(' ')}\n`)
   const r = $({ sync: true, quiet: true, nothrow: true, input })`${argv}`
   return { code: r.exitCode ?? 1, stdout: r.stdout, stderr: r.stderr }
 }
