@@ -22,10 +22,10 @@ import {
   readInvocation,
   versionAtLeast,
 } from './lib/plugin/cni.ts'
-import { killLeftovers, run } from './lib/plugin/exec.ts'
+import { killLeftovers } from './lib/plugin/exec.ts'
 import { defaultRoute, formatAddress, formatCidr, normalizeCidr } from './lib/plugin/ip.ts'
 import { type Attachment, LEAK_HINT, type Listed, type Owner, storeFor } from './lib/plugin/ipam.ts'
-import { type PodPlan, netnsProblem, newHostVethName, readMaster, readPod, setupPod, teardownPod } from './lib/plugin/link.ts'
+import { type PodPlan, netnsProblem, newHostVethName, readLink, readPod, setupPod, teardownPod } from './lib/plugin/link.ts'
 import { configureLog, log } from './lib/plugin/log.ts'
 import { MAX_STDIN, type NetConf, askedVersion, attachmentKey, decodeJSON, parseNetConf } from './lib/plugin/netconf.ts'
 import { ensureNode, nodeProblems, observeNode } from './lib/plugin/node.ts'
@@ -144,22 +144,17 @@ async function cmdCheck(inv: Invocation, conf: NetConf): Promise<void> {
   if (unlisted.length) throw fail(`it holds ${unlisted.join(', ')}, which prevResult does not list`)
   for (const iface of prev.interfaces) {
     const where = iface.sandbox ? inv.netns : 'the host netns'
-    const mac = await readMac(iface.name, iface.sandbox ? inv.netns : undefined)
-    if (mac === undefined) throw fail(`prevResult lists interface ${iface.name}, which is not in ${where}`)
+    const link = await readLink(iface.name, iface.sandbox ? inv.netns : undefined)
+    if (!link) throw fail(`prevResult lists interface ${iface.name}, which is not in ${where}`)
+    const mac = link.address ?? ''
     if (iface.mac && iface.mac.toLowerCase() !== mac.toLowerCase()) throw fail(`${iface.name} in ${where} has MAC ${mac}, prevResult says ${iface.mac}`)
   }
   for (const pool of conf.pools) {
     const gw = formatAddress(pool.family, pool.gateway)
     if (!pod.gateways.includes(gw)) throw fail(`no default route via ${gw} in the pod`)
   }
-  const master = record.hostVeth && (await readMaster(record.hostVeth))
+  const master = record.hostVeth && (await readLink(record.hostVeth))?.master
   if (master !== conf.bridge) throw fail(`host veth ${record.hostVeth} is not attached to ${conf.bridge}`)
-}
-
-/** The MAC of a link in the host netns or in `netns`; undefined when there is no such link. */
-async function readMac(name: string, netns?: string): Promise<string | undefined> {
-  const r = await run([...(netns ? ['nsenter', `--net=${netns}`] : []), 'ip', '-j', 'link', 'show', 'dev', name])
-  return r.code === 0 ? (JSON.parse(r.stdout)[0]?.address ?? '') : undefined
 }
 
 // ---- GC and STATUS (CNI 1.1.0) ---------------------------------------------------------------------------

@@ -284,7 +284,8 @@ export async function readPod(netns: string, ifname: string, families: (4 | 6)[]
   }
 }
 
-export async function readMaster(link: string): Promise<string | undefined> {
-  const r = await run(['ip', '-j', 'link', 'show', 'dev', link])
-  return r.code === 0 ? JSON.parse(r.stdout)[0]?.master : undefined
+/** A link as `ip -j link show` has it (its `address`, `master`...), in the host netns or in `netns`; undefined when there is none. */
+export async function readLink(name: string, netns?: string): Promise<{ address?: string; master?: string } | undefined> {
+  const r = await run([...(netns ? ['nsenter', `--net=${netns}`] : []), 'ip', '-j', 'link', 'show', 'dev', name])
+  return r.code === 0 ? (JSON.parse(r.stdout)[0] ?? {}) : undefined
 }
