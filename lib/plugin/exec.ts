@@ -86,7 +86,7 @@ export function run(argv: string[], input = '', onSpawn?: (proc: Proc) => void):
 }
 
 // The Debian package of each tool the plugin runs, for the message when one is missing.
-const PACKAGES: Record<string, string> = {
+export const PACKAGES: Record<string, string> = {
   ip: 'iproute2',
   nsenter: 'util-linux',
   flock: 'util-linux',

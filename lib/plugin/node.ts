@@ -15,7 +15,7 @@
 import { accessSync, constants, existsSync, readFileSync, statfsSync, writeFileSync } from 'node:fs'
 import { dirname, join } from 'node:path'
 import { CniError, Code } from './cni.ts'
-import { explainSteps, run } from './exec.ts'
+import { PACKAGES, explainSteps, run } from './exec.ts'
 import { ioError, makeDir, withLock, writeAtomic } from './fs.ts'
 import { formatCidr } from './ip.ts'
 import { createBridge, linkExists } from './link.ts'
@@ -108,8 +108,8 @@ const noBridgeNetfilter: Problem = {
   fix: 'load it with `modprobe br_netfilter`, and keep it across reboots with `echo br_netfilter > /etc/modules-load.d/kube-cni.conf`',
 }
 
-// The Debian package of each tool an ADD runs, iptables aside (its need depends on the config).
-const PACKAGES: Record<string, string> = { ip: 'iproute2', nsenter: 'util-linux', flock: 'util-linux' }
+// The tools every ADD runs; iptables and ip6tables are needed by what the config asks for.
+const ALWAYS_RUN = ['ip', 'nsenter', 'flock']
 
 /** What the node offers, as STATUS observes it. */
 export interface NodeFacts {
@@ -127,11 +127,11 @@ export function nodeProblems(conf: NetConf, facts: NodeFacts): Problem[] {
   const problems: Problem[] = []
   if (facts.dataDir)
     problems.push({ msg: `the IPAM store cannot be written: ${facts.dataDir}`, fix: 'make it writable for root, or set "dataDir" to a directory on a writable tmpfs (the default is /run/kube-cni/ipam)' })
-  const tools = [...Object.keys(PACKAGES), ...conf.pools.flatMap((p) => [iptablesOf(p), `${iptablesOf(p)}-restore`])]
+  const tools = [...ALWAYS_RUN, ...conf.pools.flatMap((p) => [iptablesOf(p), `${iptablesOf(p)}-restore`])]
   for (const tool of tools.filter((t) => !facts.found(t)))
     problems.push({
       msg: `kube-cni needs ${tool}, and it is not in PATH=${facts.path}`,
-      fix: PACKAGES[tool] ? `install the ${PACKAGES[tool]} package on the node` : iptablesHint(conf, tool),
+      fix: ALWAYS_RUN.includes(tool) ? `install the ${PACKAGES[tool]} package on the node` : iptablesHint(conf, tool),
     })
   if (!facts.bridgeNetfilter) problems.push(noBridgeNetfilter)
   return problems
