@@ -33,7 +33,7 @@ export interface DoctorOptions {
   binDir: string
   node: string
   /** The NodeList source, and the flags that name it again in a `kube-cni routes` fix. */
-  nodes?: { read: () => Promise<NodeList>; flags: string[]; env: string }
+  nodes?: { read: () => Promise<NodeList>; flags: string[] }
 }
 
 /** The config as the runtime hands it to kube-cni, and what the list chains after it. */
@@ -280,7 +280,7 @@ async function checkRoutes(o: DoctorOptions, conf: NetConf): Promise<Finding> {
     stale.length ? `stale (no node has them): ${stale.join(', ')}` : '',
     other ? `${other} overlay entr${other === 1 ? 'y' : 'ies'} to repair` : '',
   ]
-  const fix = `${o.nodes.env}${self()} routes --node ${shq(o.node)} --network ${networks.map(formatCidr).join(',')} ${o.nodes.flags.map(shq).join(' ')} --backend ${backend}`
+  const fix = `${self()} routes --node ${shq(o.node)} --network ${networks.map(formatCidr).join(',')} ${o.nodes.flags.map(shq).join(' ')} --backend ${backend}`
   return finding('routes', 'fail', `routes to other nodes' pods differ from the NodeList: ${what.filter(Boolean).join('; ')}`, fix)
 }
 
@@ -448,21 +448,13 @@ export async function doctorCommand(argv: string[]): Promise<number> {
     },
   })
   if (v.help) return process.stdout.write(`${DOCTOR_USAGE}\n`), 0
-  const sources = [v['nodes-json'], v.kubectl, v.kubeconfig].filter((s) => s !== undefined)
-  if (sources.length > 1) throw new Error(`give one NodeList source: --nodes-json, --kubectl or --kubeconfig\n${DOCTOR_USAGE}`)
-  const kube = await import('./kube.ts')
-  const nodes: DoctorOptions['nodes'] =
-    v['nodes-json'] !== undefined
-      ? { read: async () => kube.readNodeListFile(v['nodes-json']!), flags: ['--nodes-json', v['nodes-json']], env: '' }
-      : v.kubectl !== undefined
-        ? { read: () => kube.readNodeList({ kubectl: v.kubectl }), flags: ['--kubectl', v.kubectl], env: '' }
-        : v.kubeconfig !== undefined
-          ? {
-              read: () => ((process.env.KUBECONFIG = v.kubeconfig), kube.readNodeList({})),
-              flags: [],
-              env: `KUBECONFIG=${shq(v.kubeconfig)} `,
-            }
-          : undefined
+  const { nodeSource } = await import('./kube.ts')
+  let nodes: DoctorOptions['nodes']
+  try {
+    if (v['nodes-json'] !== undefined || v.kubectl !== undefined || v.kubeconfig !== undefined) nodes = nodeSource(v)
+  } catch (e) {
+    throw new Error(`${(e as Error).message}\n${DOCTOR_USAGE}`)
+  }
   const findings = await doctor({ confPath: v.conf!, binDir: v['cni-bin-dir']!, node: v.node!, nodes })
   const failed = findings.some((f) => f.status === 'fail')
   if (v.json) process.stdout.write(`${JSON.stringify({ ok: !failed, findings })}\n`)

@@ -41,6 +41,24 @@ export function readNodeListFile(path: string): NodeList {
   return parseNodeList(readFileSync(path === '-' ? 0 : path, 'utf8'), path === '-' ? 'stdin' : path)
 }
 
+export interface NodeSource {
+  'nodes-json'?: string
+  kubectl?: string
+  kubeconfig?: string
+}
+
+/**
+ * The NodeList source a command line names, for `routes` and `doctor` alike: the reader, and the flags that
+ * name the same source again (doctor's fix lines run `kube-cni routes` with them). At most one may be given.
+ */
+export function nodeSource(o: NodeSource): { read: () => Promise<NodeList>; flags: string[] } {
+  const given = (['nodes-json', 'kubectl', 'kubeconfig'] as const).filter((k) => o[k] !== undefined)
+  if (given.length > 1) throw new Error('give one source of nodes: --nodes-json, --kubectl or --kubeconfig')
+  const flags = given.flatMap((k) => [`--${k}`, o[k]!])
+  if (o['nodes-json'] !== undefined) return { read: async () => readNodeListFile(o['nodes-json']!), flags }
+  return { read: () => readNodeList({ kubectl: o.kubectl, kubeconfig: o.kubeconfig }), flags }
+}
+
 /** From kubectl when asked for, else from the API (a kubeconfig, or in a pod), else from kubectl on PATH. */
 export async function readNodeList(opts: { kubectl?: string; kubeconfig?: string }): Promise<NodeList> {
   const api = apiServerFor(opts)

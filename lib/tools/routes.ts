@@ -19,7 +19,7 @@ import { parseArgs } from 'node:util'
 import { CONFLIST_NAME } from './conflist.ts'
 import { type Step, explain, explainSteps, run } from '../plugin/exec.ts'
 import { type Cidr, type Family, contains, containsAddress, defaultRoute, formatAddress, formatCidr, macFromAddress, networkOf, nodad, parseAddress, parseCidr, specialRangeOverlapped } from '../plugin/ip.ts'
-import { type NodeList, apiServerFor, internalIPs, nodeName, podCIDRs, readNodeList, readNodeListFile } from './kube.ts'
+import { type NodeList, apiServerFor, internalIPs, nodeName, nodeSource, podCIDRs } from './kube.ts'
 import { type NetConf, parseNetConf } from '../plugin/netconf.ts'
 
 export const ROUTE_PROTO = 211
@@ -562,18 +562,13 @@ export async function routesCommand(argv: string[]): Promise<number> {
   if (o.help) return process.stdout.write(`${ROUTES_USAGE}\n`), 0
   if (!o.node) throw new Error(`--node is required\n${ROUTES_USAGE}`)
   if (o.backend !== 'host-gw' && o.backend !== 'vxlan') throw new Error(`--backend must be host-gw or vxlan, not ${o.backend}`)
-  if ([o['nodes-json'], o.kubectl, o.kubeconfig].filter((s) => s !== undefined).length > 1)
-    throw new Error('give one source of nodes: --nodes-json, --kubectl or --kubeconfig')
+  const { read: readNodes } = nodeSource(o)
   if (o.explain) explain.enabled = true
   const seconds = o.watch ? Number(o.watch) : 0
   if (!(seconds >= 0)) throw new Error(`--watch takes a number of seconds, or nothing to watch the API server; not ${o.watch}`)
   const resyncMs = parseDuration('--resync', o.resync)
   const networks = clusterNetworks(o.network, o.conflist)
   const api = o['nodes-json'] === undefined ? apiServerFor({ kubectl: o.kubectl, kubeconfig: o.kubeconfig }) : undefined
-  const readNodes = () =>
-    o['nodes-json'] !== undefined
-      ? Promise.resolve(readNodeListFile(o['nodes-json']))
-      : readNodeList({ kubectl: o.kubectl, kubeconfig: o.kubeconfig })
   const { runAgent, reconcileLogged } = await import('./agent.ts')
   const agent = { node: o.node, backend: o.backend as Backend, networks, dryRun: o['dry-run'], metricsAddr: o['metrics-addr'], conflist: o.conflist }
   if (o.watch === undefined) {
