@@ -1,6 +1,6 @@
 // Address arithmetic for both families, on ip-num. Everything else in kube-cni handles addresses as
 // bigint values plus a family, and turns them into text only here.
-import { IPv4, IPv4CidrRange, IPv4Prefix, IPv6, IPv6CidrRange, IPv6Prefix, collapseIPv6Number } from 'ip-num'
+import { IPv4, IPv6, collapseIPv6Number } from 'ip-num'
 
 export type Family = 4 | 6
 
@@ -15,27 +15,25 @@ function familyOf(text: string): Family {
   return text.includes(':') ? 6 : 4
 }
 
+const BITS: Record<Family, number> = { 4: 32, 6: 128 }
+
 /** Parses `a.b.c.d/n` or `x::y/n`; returns undefined for anything else. Host bits are cleared. */
 export function parseCidr(text: string): Cidr | undefined {
-  if (typeof text !== 'string' || !/^[0-9a-fA-F.:]+\/\d{1,3}$/.test(text)) return undefined
-  try {
-    return fromRange(familyOf(text), familyOf(text) === 4 ? IPv4CidrRange.fromCidr(text) : IPv6CidrRange.fromCidr(text))
-  } catch {
-    return undefined
-  }
+  const [, address, prefix] = (typeof text === 'string' && /^([0-9a-fA-F.:]+)\/(\d{1,3})$/.exec(text)) || []
+  const parsed = address === undefined ? undefined : parseAddress(address)
+  if (!parsed || Number(prefix) > BITS[parsed.family]) return undefined
+  return networkOf(parsed.family, parsed.value, Number(prefix))
 }
 
-/** The network an address with this prefix length is on: 192.0.2.10 and 24 -> 192.0.2.0/24. */
+/**
+ * The network an address with this prefix length is on: 192.0.2.10 and 24 -> 192.0.2.0/24. Plain bigint
+ * masks, not ip-num's ranges: those compute their ends through strings of binary digits, ~0.3 ms per IPv4 and
+ * ~1 ms per IPv6 range, and an ADD checks eight ranges.
+ */
 export function networkOf(family: Family, value: bigint, prefix: number): Cidr {
-  const range =
-    family === 4
-      ? new IPv4CidrRange(new IPv4(value), IPv4Prefix.fromNumber(BigInt(prefix)))
-      : new IPv6CidrRange(new IPv6(value), IPv6Prefix.fromNumber(BigInt(prefix)))
-  return fromRange(family, range)
-}
-
-function fromRange(family: Family, range: IPv4CidrRange | IPv6CidrRange): Cidr {
-  return { family, network: range.getFirst().getValue(), last: range.getLast().getValue(), prefix: Number(range.getPrefix().getValue()) }
+  const hostBits = BigInt(BITS[family] - prefix)
+  const network = (value >> hostBits) << hostBits
+  return { family, network, last: network | ((1n << hostBits) - 1n), prefix }
 }
 
 /** Parses a plain address; returns undefined when it is not one. */
