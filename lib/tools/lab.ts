@@ -84,9 +84,9 @@ function show(line: string): void {
   if (explain.enabled) process.stderr.write(`  ${line}\n`)
 }
 
-/** A child's explain lines as they are, its log lines as comments: what explain mode prints stays a shell script. */
+/** A child's explain lines as they are, its log lines and messages (`kube-cni routes: 1 changes`) as comments: what explain mode prints stays a shell script. */
 function showChild(stderr: string): void {
-  if (explain.enabled) process.stderr.write(stderr.replace(/^(?=\d{4}-\d\d-\d\dT)/gm, '# '))
+  if (explain.enabled) process.stderr.write(stderr.replace(/^(?=\d{4}-\d\d-\d\dT|kube-cni )/gm, '# '))
 }
 
 // ---- up ------------------------------------------------------------------------------------------------
@@ -297,7 +297,8 @@ export async function down(quiet = false): Promise<number> {
   const namespaces = netnsWithPrefix(PREFIX)
   for (const ns of namespaces) delNetns(ns)
   rmSync(STATE_DIR, { recursive: true, force: true })
-  if (!quiet) process.stderr.write(`kube-cni lab: removed ${namespaces.length} network namespaces\n`)
+  // A comment among explain mode's lines, which stay a shell script.
+  if (!quiet) process.stderr.write(`${explain.enabled ? '# ' : ''}kube-cni lab: removed ${namespaces.length} network namespaces\n`)
   return namespaces.length
 }
 
