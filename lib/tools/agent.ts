@@ -49,7 +49,7 @@ export async function reconcileLogged(nodes: NodeList, o: Pick<AgentOptions, 'no
   const failed = report.failed.length
   if (o.dryRun) for (const c of report.changes) process.stdout.write(`${c}\n`)
   else if (!report.changes.length) say('no changes')
-  else say(`${report.changes.length} changes${failed ? `, ${failed} of them failed (the others were made)` : ''}`)
+  else say(`${report.changes.length} ${report.changes.length === 1 ? 'change' : 'changes'}${failed ? `, ${failed} of them failed (the others were made)` : ''}`)
   return report
 }
 

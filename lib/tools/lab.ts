@@ -232,7 +232,9 @@ async function addPod(nodeName: string): Promise<number> {
 
 async function runRoutes(node: LabNode, backend: string): Promise<void> {
   show(`# kube-cni routes on ${node.name}`)
-  const args = ['routes', '--node', node.name, '--nodes-json', join(STATE_DIR, 'nodes.json'), '--backend', backend]
+  // The node's own conflist, as on a real node: only podCIDRs inside its cluster network become routes.
+  const conflist = join(STATE_DIR, node.name, 'net.d', CONFLIST_NAME)
+  const args = ['routes', '--node', node.name, '--nodes-json', join(STATE_DIR, 'nodes.json'), '--conflist', conflist, '--backend', backend]
   const r = await $({ quiet: true, nothrow: true })`${inNetns(node.ns, [...self(), ...args])}`
   showChild(r.stderr)
   if (r.exitCode !== 0) throw new Error(`kube-cni routes on ${node.name} failed: ${r.stderr}`)
