@@ -8,11 +8,12 @@
 // - a marker file `<dataDir>/<name>/node-ready` holds the config the node was set up for (one read; the state dir
 //   is tmpfs, so a reboot clears it with everything else);
 // - the bridge and the sysctls are reads under /proc/sys/net, which reflects the netns of the reader;
-// - the rules are one `iptables-restore --noflush` per family whose every line is a `-C` check: it changes
-//   nothing and fails when a rule or chain is gone.
+// - the rules are seen with no exec at all, through canaries (see ensureNode); at least once a minute, and
+//   whenever the canaries cannot tell, they are checked by one `iptables-restore --noflush` per family whose
+//   every line is a `-C` check: it changes nothing and fails when a rule or chain is gone.
 // The repair runs under an flock on a file we hold open (see withLock in lib/plugin/fs.ts); the kernel drops it when we exit, even
 // by SIGKILL, so the lock cannot outlive its holder, and `-w` bounds the wait so it cannot deadlock.
-import { accessSync, constants, existsSync, readFileSync, statfsSync, writeFileSync } from 'node:fs'
+import { accessSync, constants, existsSync, readFileSync, statSync, statfsSync, utimesSync, writeFileSync } from 'node:fs'
 import { dirname, join } from 'node:path'
 import { CniError, Code } from './cni.ts'
 import { PACKAGES, explainSteps, run } from './exec.ts'
@@ -23,10 +24,18 @@ import { log } from './log.ts'
 import type { NetConf, Pool } from './netconf.ts'
 
 /**
- * The node as this config needs it. What the pod's veth needs (the bridge) is in place when this returns. The
- * rules check, a child process of about 25 ms, is what most of the cost would be: when the stats find nothing
- * wrong it runs beside the pod's own execs, and `rules` settles once it is done and anything it found missing
- * is repaired. The caller awaits `rules` before it answers, and undoes the pod if it fails.
+ * The node as this config needs it. What the pod's veth needs (the bridge) is in place when this returns;
+ * `rules` settles once the rules are known to be in place, or repaired. The caller awaits it before it
+ * answers, and undoes the pod if it fails.
+ *
+ * Checking the rules with iptables costs a child process on every pod start (~4 ms here, and it grows with the
+ * node's ruleset: kube-proxy's iptables mode makes thousands of rules). So each built-in chain kube-cni jumps
+ * from also holds a canary: a rule that can never match (its source is multicast) and whose `recent` match
+ * makes the kernel keep /proc/net/xt_recent/<its name> for as long as the rule exists. A flush, a firewall
+ * reload or a restore of the table removes the canary with everything else, and the next ADD sees its file
+ * gone: a stat, no exec. A rule deleted by hand, one at a time, leaves the canaries alone, so the full check
+ * still runs once the last one is a minute old, and on every ADD where the canaries cannot tell (a kernel
+ * without xt_recent); it runs beside the pod's own execs.
  */
 export async function ensureNode(conf: NetConf): Promise<{ rules: Promise<void> }> {
   const marker = join(conf.dataDir, conf.name, 'node-ready')
@@ -52,15 +61,54 @@ export async function ensureNode(conf: NetConf): Promise<{ rules: Promise<void> 
     await repair()
     return { rules: Promise.resolve() }
   }
-  const rules = rulesInPlace(conf).then((inPlace) => (inPlace ? undefined : repair()))
+  const canaries = canariesInPlace(conf)
+  if (canaries && checkedWithin(marker, FULL_CHECK_EVERY_MS)) return { rules: Promise.resolve() }
+  const rules = rulesInPlace(conf).then(async (inPlace) => {
+    if (!inPlace) return repair()
+    checked(marker)
+    // Rules put back by hand (the doctor's fix) come without canaries; a kernel that has xt_recent gets them again.
+    if (!canaries && existsSync(RECENT))
+      await withLock(join(conf.dataDir, 'node.lock'), async () => {
+        for (const pool of conf.pools) await ensureCanaries(pool, chainsFor(conf.name, pool, conf.ipMasq))
+      })
+  })
   rules.catch(() => {}) // awaited by the caller; this only keeps a failure before then from crashing the process
   return { rules }
 }
 
-/** What the node was set up for: a change in any of it is applied by the next ADD. */
+const FULL_CHECK_EVERY_MS = 60_000
+
+/** The marker's mtime is when the rules were last seen whole by the full check (or made). */
+function checkedWithin(marker: string, ms: number): boolean {
+  try {
+    return Date.now() - statSync(marker).mtimeMs < ms
+  } catch {
+    return false
+  }
+}
+
+function checked(marker: string): void {
+  try {
+    const now = new Date()
+    utimesSync(marker, now, now)
+  } catch {
+    // Only when the next full check runs: one more exec on the next ADD, never a wrong answer.
+  }
+}
+
+const RECENT = '/proc/net/xt_recent' // the kernel's `recent` tables, per netns
+
+function canariesInPlace(conf: NetConf): boolean {
+  return conf.pools.every((pool) => chainsFor(conf.name, pool, conf.ipMasq).every((c) => existsSync(join(RECENT, c.canary.tag))))
+}
+
+/**
+ * What the node was set up for: a change in any of it is applied by the next ADD. `rules` counts kube-cni's
+ * own rule layout, so that a node set up by an older one is set up anew (the canaries came with 2).
+ */
 export function setupFor(conf: NetConf): string {
   const pools = conf.pools.map((p) => ({ subnet: formatCidr(p.subnet), network: formatCidr(p.network) }))
-  return `${JSON.stringify({ bridge: conf.bridge, ipMasq: conf.ipMasq, pools })}\n`
+  return `${JSON.stringify({ rules: 2, bridge: conf.bridge, ipMasq: conf.ipMasq, pools })}\n`
 }
 
 function readText(path: string): string | undefined {
@@ -177,6 +225,7 @@ interface Chain {
   name: string
   rules: string[]
   jump: string // the rule in a built-in chain that sends traffic to this one
+  canary: { rule: string; tag: string } // beside the jump: see ensureNode
 }
 
 /**
@@ -184,11 +233,11 @@ interface Chain {
  * would otherwise masquerade the first one's pod-to-pod traffic. They are named by an FNV-1a hash of the
  * network's name, because iptables allows 28 characters and a name may have 63.
  */
-export function chainNames(network: string): { forward: string; masq: string } {
+export function chainNames(network: string): { id: string; forward: string; masq: string } {
   let hash = 0x811c9dc5
   for (const byte of Buffer.from(network)) hash = Math.imul(hash ^ byte, 0x01000193) >>> 0
   const id = hash.toString(16).padStart(8, '0')
-  return { forward: `KUBE-CNI-FORWARD-${id}`, masq: `KUBE-CNI-MASQ-${id}` }
+  return { id, forward: `KUBE-CNI-FORWARD-${id}`, masq: `KUBE-CNI-MASQ-${id}` }
 }
 
 /** The chains of one network, for one family. */
@@ -196,17 +245,25 @@ export function chainsFor(name: string, pool: Pool, ipMasq: boolean): Chain[] {
   const chain = chainNames(name)
   const network = formatCidr(pool.network)
   const multicast = pool.family === 4 ? '224.0.0.0/4' : 'ff00::/8'
+  // The stack drops a packet from a multicast source as it arrives, so no forwarded packet matches the canary's
+  // source: its `recent` match never runs, and it costs traffic nothing.
+  const canary = (builtin: string, table: string) => {
+    const tag = `kube-cni-canary-${chain.id}-${table}${pool.family}`
+    return { rule: `${builtin} -s ${multicast} -m recent --rcheck --name ${tag}`, tag }
+  }
   const forward: Chain = {
     table: 'filter',
     name: chain.forward,
     rules: [`-s ${network} -j ACCEPT`, `-d ${network} -j ACCEPT`],
     jump: `FORWARD -j ${chain.forward}`,
+    canary: canary('FORWARD', 'filter'),
   }
   const masq: Chain = {
     table: 'nat',
     name: chain.masq,
     rules: [`-d ${network} -j RETURN`, `-d ${multicast} -j RETURN`, '-j MASQUERADE'],
     jump: masqJump(name, pool),
+    canary: canary('POSTROUTING', 'nat'),
   }
   return ipMasq ? [forward, masq] : [forward]
 }
@@ -246,10 +303,23 @@ async function ensureRules(conf: NetConf, pool: Pool, previous: string | undefin
   if (conf.ipMasq || hadMasquerade(previous)) await dropOldMasquerade(conf, pool)
   for (const { table, jump } of chains) {
     const rule = jump.split(' ')
-    const check = await run([tool, '-w', '-t', table, '-C', ...rule])
-    if (check.code === 0) continue
-    explainSteps([{ line: `${tool} -w -t ${table} -A ${jump}` }])
-    await iptables(conf, [tool, '-w', '-t', table, '-A', ...rule])
+    if ((await run([tool, '-w', '-t', table, '-C', ...rule])).code !== 0) {
+      explainSteps([{ line: `${tool} -w -t ${table} -A ${jump}` }])
+      await iptables(conf, [tool, '-w', '-t', table, '-A', ...rule])
+    }
+  }
+  await ensureCanaries(pool, chains)
+}
+
+/** Only a speed-up: without them (a kernel without xt_recent) every ADD runs the full check instead. */
+async function ensureCanaries(pool: Pool, chains: Chain[]): Promise<void> {
+  const tool = iptablesOf(pool)
+  for (const { table, canary } of chains) {
+    const rule = canary.rule.split(' ')
+    if ((await run([tool, '-w', '-t', table, '-C', ...rule])).code === 0) continue
+    explainSteps([{ line: `${tool} -w -t ${table} -A ${canary.rule}`, why: 'new: lets the next ADD see a flush or a firewall reload without running iptables' }])
+    const added = await run([tool, '-w', '-t', table, '-A', ...rule])
+    if (added.code !== 0) log.info(`no canary rule in ${table} ${rule[0]} (${added.stderr.trim()}): every ADD checks the rules with ${tool}-restore`)
   }
 }
 
@@ -261,7 +331,7 @@ function hadMasquerade(marker: string | undefined): boolean {
   }
 }
 
-/** Removes this network's POSTROUTING jumps that the config no longer asks for (an old subnet, or "ipMasq": false). */
+/** Removes this network's POSTROUTING jumps that the config no longer asks for (an old subnet, or "ipMasq": false), and with "ipMasq": false its nat canary. */
 async function dropOldMasquerade(conf: NetConf, pool: Pool): Promise<void> {
   const tool = iptablesOf(pool)
   const { masq } = chainNames(conf.name)
@@ -272,7 +342,8 @@ async function dropOldMasquerade(conf: NetConf, pool: Pool): Promise<void> {
     await iptables(conf, [tool, '-w', '-t', 'nat', '-D', ...line.split(' ').slice(1)])
   }
   if (conf.ipMasq) return
-  // The chain goes too, once nothing jumps to it; it may already be gone, after a firewall reload.
+  // The canary and the chain go too, once nothing jumps to it; they may already be gone, after a firewall reload.
+  await run([tool, '-w', '-t', 'nat', '-D', ...chainsFor(conf.name, pool, true)[1].canary.rule.split(' ')])
   await run([tool, '-w', '-t', 'nat', '-F', masq])
   await run([tool, '-w', '-t', 'nat', '-X', masq])
 }

@@ -3,9 +3,9 @@
 // sees: the node's IP when the masquerade works, nothing when forwarding or NAT is broken.
 import { test } from 'uvu'
 import * as assert from 'uvu/assert'
-import { mkdirSync, rmSync, symlinkSync } from 'node:fs'
+import { chmodSync, mkdirSync, readFileSync, rmSync, symlinkSync, utimesSync, writeFileSync } from 'node:fs'
 import { join } from 'node:path'
-import { Node, PLUGIN, TMP, cleanupAll, ipj, must, nsPath, probe, sh, startEchoServers } from '../helpers/cluster.ts'
+import { Node, PLUGIN, TMP, cleanupAll, ipj, must, nsPath, ping, probe, sh, startEchoServers } from '../helpers/cluster.ts'
 import { type Member, podIP, twoNodes } from '../helpers/topology.ts'
 
 test.after.each(cleanupAll)
@@ -33,13 +33,58 @@ test('a firewall reload and a sysctl reset are repaired by the next ADD', async 
   assert.is(await seenBy(second.pod), '192.0.2.1')
 })
 
-test('a deleted FORWARD jump comes back, once', async () => {
+const marker = (node: Node) => join(node.conf.dataDir as string, node.conf.name as string, 'node-ready')
+
+/** A PATH whose iptables-restore counts its runs, then runs the real one. */
+function countingPath(): { env: { PATH: string }; runs: () => number } {
+  const bin = join(TMP, `bin-counting-${Math.random().toString(36).slice(2)}`)
+  const log = join(bin, 'runs')
+  mkdirSync(bin, { recursive: true })
+  writeFileSync(log, '')
+  const real = must(['sh', '-c', 'command -v iptables-restore']).trim()
+  writeFileSync(join(bin, 'iptables-restore'), `#!/bin/sh\necho run >> ${log}\nexec ${real} "$@"\n`)
+  chmodSync(join(bin, 'iptables-restore'), 0o755)
+  return { env: { PATH: `${bin}:${PATH}` }, runs: () => readFileSync(log, 'utf8').split('\n').filter(Boolean).length }
+}
+
+test('while the canaries are in place ADD runs no iptables; a flush of FORWARD alone is seen and repaired', async () => {
+  const node = new Node()
+  const { env, runs } = countingPath()
+  await node.addPod('p1', { env })
+  const canaries = () => nsExec(node.ns, 'ls', '/proc/net/xt_recent').split('\n').filter((f) => f.startsWith('kube-cni-canary-'))
+  assert.equal(canaries().map((f) => f.replace(/-[0-9a-f]{8}-/, '-ID-')).sort(), ['kube-cni-canary-ID-filter4', 'kube-cni-canary-ID-nat4'])
+  const before = runs()
+  await node.addPod('p2', { env })
+  await node.addPod('p3', { env })
+  assert.is(runs(), before, 'no iptables-restore: the canaries said the rules are there')
+
+  nsExec(node.ns, 'iptables', '-F', 'FORWARD')
+  const p4 = await node.addPod('p4', { env })
+  assert.ok(runs() > before, 'the missing canary sent ADD to check and repair')
+  assert.match(nsExec(node.ns, 'iptables', '-S', 'FORWARD'), /-A FORWARD -j KUBE-CNI-FORWARD-/)
+  assert.is(canaries().length, 2)
+  assert.ok(ping(p4.pod, '10.200.1.1'), 'the pod after the repair reaches its gateway')
+
+  // The rules whole but a canary gone, as after the doctor's fix (it puts back rules, not canaries).
+  const filter = canaries().find((c) => c.endsWith('-filter4'))!
+  nsExec(node.ns, 'iptables', '-D', 'FORWARD', '-s', '224.0.0.0/4', '-m', 'recent', '--rcheck', '--name', filter)
+  await node.addPod('p5', { env })
+  assert.is(canaries().length, 2, 'the next ADD put the canary back')
+  const after = runs()
+  await node.addPod('p6', { env })
+  assert.is(runs(), after, 'and the ADD after it runs no iptables again')
+})
+
+test('a deleted FORWARD jump comes back, once, by the full check a minute after the last', async () => {
   const { a } = twoNodes()
   await a.node.addPod('p1')
   const jumps = () => nsExec(a.node.ns, 'iptables', '-S', 'FORWARD').split('\n').filter((l) => / -j KUBE-CNI-FORWARD/.test(l))
   const [jump] = jumps()
   nsExec(a.node.ns, 'iptables', ...jump.replace('-A', '-D').split(' '))
   assert.equal(jumps(), [])
+  // One rule deleted by hand leaves the canaries alone: the full check finds it once the last one is old.
+  const aMinuteAgo = new Date(Date.now() - 61_000)
+  utimesSync(marker(a.node), aMinuteAgo, aMinuteAgo)
   await a.node.addPod('p2')
   await a.node.addPod('p3')
   assert.equal(jumps(), [jump])
@@ -80,6 +125,7 @@ test('"ipMasq" turned off removes the masquerade a previous config made', async 
   assert.is(await seenBy(after.pod), podIP(after.result), 'node b sees the pod itself')
   assert.is(await seenBy(before.pod), podIP(before.result))
   assert.not.match(nsExec(a.node.ns, 'iptables-save', '-t', 'nat'), 'KUBE-CNI')
+  assert.not.match(nsExec(a.node.ns, 'iptables-save', '-t', 'nat'), 'kube-cni-canary', 'nor its canary')
 })
 
 test('"ipMasq": false leaves the nat table alone', async () => {
@@ -165,8 +211,9 @@ test('concurrent ADDs after a firewall reload leave one copy of each rule', asyn
   await Promise.all([1, 2, 3, 4, 5, 6].map((i) => a.node.addPod(`p${i}`)))
   const rules = sh(['ip', 'netns', 'exec', a.node.ns, 'iptables-save']).stdout.split('\n').filter((l) => l.startsWith('-A'))
   assert.is(new Set(rules).size, rules.length, rules.join('\n'))
-  assert.is(rules.filter((l) => l.startsWith('-A FORWARD')).length, 1, rules.join('\n'))
-  assert.is(rules.filter((l) => l.startsWith('-A POSTROUTING')).length, 1, rules.join('\n'))
+  assert.is(rules.filter((l) => l.startsWith('-A FORWARD -j KUBE-CNI-')).length, 1, rules.join('\n'))
+  assert.is(rules.filter((l) => l.startsWith('-A POSTROUTING') && l.includes('-j KUBE-CNI-')).length, 1, rules.join('\n'))
+  assert.is(rules.filter((l) => l.includes('--name kube-cni-canary-')).length, 2, rules.join('\n'))
 })
 
 test('two networks side by side: each keeps its pod IPs between its pods and masquerades only off-cluster traffic', async () => {

@@ -23,6 +23,18 @@ test('the check input has only -C lines, the jumps included, and changes nothing
   for (const line of check.split('\n').filter(Boolean)) assert.ok(/^(\*filter|\*nat|COMMIT|-C )/.test(line), line)
 })
 
+test('each chain has a canary beside its jump: from a multicast source, so no packet matches it, and named per network, table and family', () => {
+  const dual = conf({ subnet: undefined, network: undefined, subnets: ['10.200.1.0/24', 'fd00::/64'], networks: ['10.200.0.0/16', 'fd00::/56'] })
+  const chains = [...dual.pools.flatMap((p) => chainsFor(dual.name, p, true)), ...chainsFor('second', dual.pools[0], true)]
+  const tags = chains.map((c) => c.canary.tag)
+  assert.is(new Set(tags).size, 6, tags.join(' '))
+  for (const { jump, canary } of chains) {
+    assert.ok(canary.rule.startsWith(`${jump.split(' ')[0]} -s `), canary.rule)
+    assert.match(canary.rule, / -s (224\.0\.0\.0\/4|ff00::\/8) -m recent --rcheck --name kube-cni-canary-[0-9a-f]{8}-(filter|nat)[46]$/)
+    assert.not.match(canary.rule, / -j /, 'no target: it could not do anything even if it matched')
+  }
+})
+
 test('without br_netfilter, STATUS has a problem naming the module and how to load it for good', () => {
   const [problem, ...more] = nodeProblems(conf(), { ...HEALTHY, bridgeNetfilter: false })
   assert.equal(more, [])
