@@ -8,7 +8,7 @@ import { join } from 'node:path'
 import { parseArgs } from 'node:util'
 import { $ } from 'zx/core'
 import { type LabNode, type LabState, PORT, PREFIX, STATE_DIR, probe, startEchoServers } from './lab.ts'
-import { doctorLine } from './scenarios.ts'
+import { type LabService, doctorLine, programServices, serviceEndpoint, serviceVip } from './scenarios.ts'
 import { containsAddress, parseAddress, parseCidr } from '../plugin/ip.ts'
 import { inNetns, ipj, netnsWithPrefix, sh } from './harness/netns.ts'
 
@@ -18,7 +18,13 @@ export const TRACE_USAGE = `kube-cni lab trace FROM TO [--port N] [--udp] [--jso
   port or VXLAN remote), every iptables rule whose counter the probe moved, the addresses as seen there, and
   where and why it stopped, with the doctor finding that names the cause.
   FROM and TO: a pod (n1-p1), a node (node1), outside, or an address one of them has.
+  TO may also be a Service: svc/POD (svc/n2-p1) is a ClusterIP Service whose one endpoint is POD, programmed
+  for the trace in FROM's node as kube-proxy would (VIP 10.96.N.M for the pod 10.200.N.M, the same port; the
+  VIPs \`lab check\` uses) and removed after it; or that VIP itself (10.96.2.2). FROM is then a pod or a node.
   --svg FILE also draws the path on the picture of the lab (\`kube-cni lab show --svg\`), its interfaces in red.`
+
+/** A mistake in the command line: exit 2 and the usage, not a stack trace. */
+class TraceUsage extends Error {}
 
 interface Endpoint {
   ns: string
@@ -81,7 +87,7 @@ function resolve(state: LabState, name: string, v6: boolean): Endpoint {
   }
   const owner = owners().get(name)
   if (owner) return { ns: owner.ns, ip: name }
-  throw new Error(`${JSON.stringify(name)} is not in the lab: give a pod (n1-p1), a pod IP, a node (node1) or outside`)
+  throw new TraceUsage(`${JSON.stringify(name)} is not in the lab: give a pod (n1-p1), a pod IP, a node (node1), outside, or as TO a Service (svc/n1-p2)`)
 }
 
 function routeGet(ns: string, dst: string, from?: { src: string; dev: string }): { ok: true; r: any } | { ok: false; error: string } {
@@ -120,17 +126,26 @@ function moved(before: Map<string, Rule>, after: Map<string, Rule>): Rule[] {
 
 const drops = (rules: Rule[]) => rules.filter((r) => / -j (DROP|REJECT)\b/.test(r.rule) || r.rule === 'policy DROP')
 
+/** What a walk needs besides its two ends: the lab, who owns each address, and the Service the trace made. */
+interface Walk {
+  state: LabState
+  addrs: Map<string, { ns: string; dev: string }>
+  svc?: TraceService
+}
+
 /** Where the routes say the packet goes, before it is sent; the walk ends where the kernel would not pass it on. */
-function walk(state: LabState, from: Endpoint, to: Endpoint, v6: boolean): Hop[] {
-  const addrs = owners()
+function walk(w: Walk, from: Endpoint, to: Endpoint, v6: boolean): Hop[] {
   const hops: Hop[] = []
   let at = from.ns
   let inDev: string | undefined
   let src = from.ip
-  const byNs = (ns: string) => state.nodes.find((n) => n.ns === ns)
+  let dst = to.ip
+  const byNs = (ns: string) => w.state.nodes.find((n) => n.ns === ns)
   for (let ttl = 0; ttl < 16; ttl++) {
-    const hop: Hop = { netns: at, dev: inDev ?? '', action: '', in: inDev, src, dst: to.ip, rules: [] }
+    const hop: Hop = { netns: at, dev: inDev ?? '', action: '', in: inDev, src, dst, rules: [] }
     hops.push(hop)
+    // kube-proxy's DNAT comes before the routing decision (PREROUTING, or OUTPUT for the node's own packets).
+    if (w.svc && at === w.svc.node.ns && dst === w.svc.vip) dst = w.svc.endpoint
     const node = byNs(at)
     // With forwarding off, `ip route get ... iif` says only "No route to host": name the real cause first.
     const forwarding = sh(inNetns(at, ['sysctl', '-n', v6 ? 'net.ipv6.conf.all.forwarding' : 'net.ipv4.ip_forward'])).stdout.trim() === '1'
@@ -138,9 +153,9 @@ function walk(state: LabState, from: Endpoint, to: Endpoint, v6: boolean): Hop[]
       Object.assign(hop, { action: 'not forwarded', why: `${node.name} has IP forwarding off: it drops packets that are not for itself` })
       return hops
     }
-    const got = routeGet(at, to.ip, inDev ? { src, dev: inDev } : undefined)
+    const got = routeGet(at, dst, inDev ? { src, dev: inDev } : undefined)
     if (!got.ok) {
-      Object.assign(hop, { action: 'no route', why: `ip route get ${to.ip}${inDev ? ` from ${src} iif ${inDev}` : ''}: ${got.error}` })
+      Object.assign(hop, { action: 'no route', why: `ip route get ${dst}${inDev ? ` from ${src} iif ${inDev}` : ''}: ${got.error}` })
       return hops
     }
     const r = got.r
@@ -151,8 +166,8 @@ function walk(state: LabState, from: Endpoint, to: Endpoint, v6: boolean): Hop[]
     if (!inDev) src = r.prefsrc ?? src
     hop.src = src
     // A node hands another node's pod network to its default gateway only when its own route to it is gone.
-    const peer = state.nodes.find((n) => n !== node && n.subnets.some((s) => inSubnet(to.ip, s)))
-    const podCIDR = peer?.subnets.find((s) => inSubnet(to.ip, s))
+    const peer = w.state.nodes.find((n) => n !== node && n.subnets.some((s) => inSubnet(dst, s)))
+    const podCIDR = peer?.subnets.find((s) => inSubnet(dst, s))
     if (node && peer && podCIDR && r.dev !== 'cni0' && !exactRoute(at, podCIDR)) {
       Object.assign(hop, {
         action: 'no route',
@@ -160,15 +175,16 @@ function walk(state: LabState, from: Endpoint, to: Endpoint, v6: boolean): Hop[]
       })
       return hops
     }
-    const next = r.gateway ?? to.ip
-    const owner = addrs.get(next)
-    hop.action = 'forwarded'
-    if (hops.length === 1) hop.action = 'sent'
+    // The Service's hairpin SNAT: an endpoint that reached itself sees the packet come from the bridge.
+    if (w.svc && at === w.svc.node.ns && src === w.svc.endpoint) src = ipj(at, 'addr', 'show', 'dev', r.dev)[0].addr_info.find((a: any) => a.family === 'inet' && a.scope === 'global')?.local ?? src
+    const next = r.gateway ?? dst
+    hop.action = hops.length === 1 ? 'sent' : 'forwarded'
+    hop.neighbour = next
+    const owner = w.addrs.get(next)
     if (!owner) {
       Object.assign(hop, { action: 'no neighbour', why: `no host in the lab has ${next}, the next hop on ${r.dev}` })
       return hops
     }
-    hop.neighbour = next
     at = owner.ns
     inDev = owner.dev
   }
@@ -206,47 +222,96 @@ function udpIn(ns: string): number {
   return ['InDatagrams', 'NoPorts'].reduce((s, k) => s + Number(values[names.indexOf(k)]), 0)
 }
 
-async function findingFor(state: LabState, ns: string, id: string): Promise<Hop['finding'] | undefined> {
+/** The first of ids that doctor, run in the node ns, finds failing. */
+async function findingFor(state: LabState, ns: string, ...ids: string[]): Promise<Hop['finding'] | undefined> {
   const node = state.nodes.find((n) => n.ns === ns)
   if (!node) return undefined
   const r = await $({ quiet: true, nothrow: true })`${inNetns(node.ns, doctorLine(node, true))}`
   try {
-    const f = JSON.parse(r.stdout).findings.find((x: any) => x.status === 'fail' && x.id === id)
+    const failing = JSON.parse(r.stdout).findings.filter((x: any) => x.status === 'fail')
+    const f = ids.map((id) => failing.find((x: any) => x.id === id)).find(Boolean)
     return f && { id: f.id, message: f.message, fix: f.fix }
   } catch {
     return undefined
   }
 }
 
+/** The Service a trace makes for TO svc/POD or a lab VIP, in FROM's node. */
+interface TraceService extends LabService {
+  node: LabNode
+}
+
+/** TO as a Service (svc/POD, or a lab VIP), or undefined when TO is not one. */
+function service(state: LabState, from: Endpoint, toName: string, port: number): { svc: TraceService; to: Endpoint } | undefined {
+  const pods = state.nodes.flatMap((node) => node.pods.map((pod) => ({ pod, node })))
+  let found
+  if (toName.startsWith('svc/')) {
+    const name = toName.slice('svc/'.length)
+    if (!name) throw new TraceUsage('svc/ needs a pod name: svc/n2-p1 is the Service whose one endpoint is n2-p1')
+    found = pods.find((p) => p.pod.name === name)
+    if (!found) throw new TraceUsage(`svc/${name}: the lab has no pod ${JSON.stringify(name)}; its pods are ${pods.map((p) => p.pod.name).join(', ')}`)
+  } else {
+    const endpoint = serviceEndpoint(toName)
+    if (!endpoint) return undefined
+    found = pods.find((p) => p.pod.ips.includes(endpoint))
+    if (!found) throw new TraceUsage(`${toName} is no lab Service's VIP: the pod 10.200.N.M is the endpoint of 10.96.N.M, so give the VIP of a pod the lab has, or svc/POD`)
+  }
+  if (!from.node) throw new TraceUsage(`a Service is programmed in FROM's node, as kube-proxy does: trace to ${toName} from a pod or a node, not from outside`)
+  const endpoint = found.pod.ips[0]
+  const vip = serviceVip(endpoint)!
+  return { svc: { node: from.node, vip, endpoint, port }, to: { ns: found.pod.ns, ip: vip, node: found.node } }
+}
+
+const familyOf = (h: Hop) => (h.dst.includes(':') ? 6 : 4)
+
+/** The counters the trace diffs, of every netns on the path: iptables per family. */
+function snapshot(hops: Hop[]) {
+  const keys = [...new Set(hops.map((h) => `${familyOf(h)} ${h.netns}`))]
+  return { rules: new Map(keys.map((k) => [k, counters(k.slice(2), k.startsWith('6'))])) }
+}
+
 export async function trace(fromName: string, toName: string, o: { port: number; udp: boolean }): Promise<Trace> {
   const state = loadState()
   const v6 = toName.includes(':')
   const from = resolve(state, fromName, v6)
-  const to = resolve(state, toName, v6)
-  const hops = walk(state, from, to, v6)
-  const path = [...new Set([...hops.map((h) => h.netns), to.ns])]
+  const asService = service(state, from, toName, o.port)
+  const to = asService?.to ?? resolve(state, toName, v6)
+  const hops = walk({ state, addrs: owners(), svc: asService?.svc }, from, to, v6)
   if (!o.udp) await startEchoServers([to.ns], o.port)
-  const before = path.map((ns) => counters(ns, v6))
-  const udpBefore = udpIn(to.ns)
-  let seenAs: string | null = null
-  if (o.udp) sh(inNetns(from.ns, ['bash', '-c', `echo kube-cni-trace > /dev/udp/${to.ip}/${o.port}`]))
-  else seenAs = (await probe(from.ns, [to.ip], o.port))[to.ip]
-  const delivered = o.udp ? udpIn(to.ns) > udpBefore : seenAs !== null
+  const remove = asService ? programServices(asService.svc.node, [asService.svc]) : () => {}
+  let before, after, seenAs: string | null = null, delivered
+  try {
+    before = snapshot(hops)
+    const udpBefore = udpIn(to.ns)
+    if (o.udp) sh(inNetns(from.ns, ['bash', '-c', `echo kube-cni-trace > /dev/udp/${to.ip}/${o.port}`]))
+    else seenAs = (await probe(from.ns, [to.ip], o.port))[to.ip]
+    delivered = o.udp ? udpIn(to.ns) > udpBefore : seenAs !== null
+    // Read while the Service's rules are still there: their counters go with them.
+    after = snapshot(hops)
+  } finally {
+    remove()
+  }
 
+  // A netns the path crosses twice (a pod reaching itself through its Service) has its rules on its first hop.
+  for (const [k, all] of after.rules) hops.find((h) => `${familyOf(h)} ${h.netns}` === k)!.rules = moved(before.rules.get(k)!, all)
   let src = hops[0].src
   hops.forEach((hop) => {
-    const i = path.indexOf(hop.netns)
-    hop.rules = moved(before[i], counters(hop.netns, v6))
-    hop.src = src
     if (hop.out && hop.neighbour) hop.neighbour = neighbour(hop.netns, hop.out, hop.neighbour)
+    hop.src = src
+    const whys: string[] = []
+    // The destination as the next netns sees it: kube-proxy's DNAT to the Service's endpoint.
+    const dnat = hop.rules.find((r) => r.table === 'nat' && / -j DNAT\b/.test(r.rule))
+    if (dnat) whys.push(`destination ${hop.dst} DNATed to ${dnat.rule.match(/--to-destination (\S+)/)?.[1]} by ${dnat.chain}`)
     // The source as the next netns sees it: a MASQUERADE takes the out interface's address, an SNAT its own.
     const nat = hop.rules.find((r) => r.table === 'nat' && / -j (MASQUERADE|SNAT)\b/.test(r.rule))
     if (nat) {
       const to = nat.rule.match(/--to-source (\S+)/)?.[1]?.replace(/:.*/, '')
       const out = ipj(hop.netns, 'addr', 'show', 'dev', hop.out!)[0]?.addr_info?.find((a: any) => a.family === (hop.dst.includes(':') ? 'inet6' : 'inet') && a.scope === 'global')
       src = to ?? out?.local ?? src
-      hop.why = `source ${hop.src} masqueraded to ${src}`
+      whys.push(`source ${hop.src} ${/SNAT/.test(nat.rule) ? 'SNATed' : 'masqueraded'} to ${src}`)
     }
+    // What the walk said of a hop where the packet stopped stays first.
+    if (whys.length) hop.why = [hop.why, ...whys].filter(Boolean).join('; ')
   })
   const last = hops.at(-1)!
   if (delivered) {
@@ -259,6 +324,11 @@ export async function trace(fromName: string, toName: string, o: { port: number;
       hops.splice(hops.indexOf(dropped) + 1)
       const rule = drops(dropped.rules)[0]
       Object.assign(dropped, { action: /REJECT/.test(rule.rule) ? 'rejected' : 'dropped', why: `${rule.table} ${rule.chain}: ${rule.rule}` })
+    } else if (last.action === 'delivered' && asService) {
+      const { vip, endpoint, node } = asService.svc
+      last.action = 'no reply'
+      last.why = `no answer came back through ${vip}: the reply from ${endpoint} must pass ${node.name}'s iptables to be un-DNATed, and an endpoint reaching itself must leave by the bridge port it came in on (hairpin)`
+      last.finding = await findingFor(state, node.ns, 'br-netfilter', 'hairpin')
     } else if (last.action === 'delivered') {
       // It arrived, so the answer did not come back: the reply needs a route to the source as seen here.
       const back = routeGet(last.netns, last.src)
@@ -292,20 +362,36 @@ function render(from: string, to: string, t: Trace): string {
 }
 
 export async function traceCommand(argv: string[]): Promise<number> {
-  const { values: v, positionals } = parseArgs({
-    args: argv,
-    allowPositionals: true,
-    options: {
-      port: { type: 'string', default: String(PORT) },
-      udp: { type: 'boolean', default: false },
-      json: { type: 'boolean', default: false },
-      svg: { type: 'string' },
-      help: { type: 'boolean', short: 'h', default: false },
-    },
-  })
+  try {
+    return await traceLine(argv)
+  } catch (e) {
+    if (!(e instanceof TraceUsage)) throw e
+    process.stderr.write(`kube-cni lab trace: ${e.message}\n\n${TRACE_USAGE}\n`)
+    return 2
+  }
+}
+
+async function traceLine(argv: string[]): Promise<number> {
+  let parsed
+  try {
+    parsed = parseArgs({
+      args: argv,
+      allowPositionals: true,
+      options: {
+        port: { type: 'string', default: String(PORT) },
+        udp: { type: 'boolean', default: false },
+        json: { type: 'boolean', default: false },
+        svg: { type: 'string' },
+        help: { type: 'boolean', short: 'h', default: false },
+      },
+    })
+  } catch (e) {
+    throw new TraceUsage((e as Error).message)
+  }
+  const { values: v, positionals } = parsed
   if (v.help) return process.stdout.write(`${TRACE_USAGE}\n`), 0
   const port = Number(v.port)
-  if (positionals.length !== 2 || !(port >= 1 && port <= 65535)) throw new Error(`give FROM and TO, and a port from 1 to 65535\n${TRACE_USAGE}`)
+  if (positionals.length !== 2 || !(port >= 1 && port <= 65535)) throw new TraceUsage('give FROM and TO, and a port from 1 to 65535')
   if (process.getuid?.() !== 0) throw new Error('the lab lives in network namespaces: run it as root (sudo)')
   const t = await trace(positionals[0], positionals[1], { port, udp: v.udp! })
   process.stdout.write(v.json ? `${JSON.stringify(t)}\n` : `${render(positionals[0], positionals[1], t)}\n`)
