@@ -21,6 +21,8 @@ export const TRACE_USAGE = `kube-cni lab trace FROM TO [--port N] [--udp] [--jso
   TO may also be a Service: svc/POD (svc/n2-p1) is a ClusterIP Service whose one endpoint is POD, programmed
   for the trace in FROM's node as kube-proxy would (VIP 10.96.N.M for the pod 10.200.N.M, the same port; the
   VIPs \`lab check\` uses) and removed after it; or that VIP itself (10.96.2.2). FROM is then a pod or a node.
+  Over --backend vxlan the hops include the underlay: the encapsulated packet (outer addresses, UDP port, VNI,
+  the FDB entry), the router, and the decapsulation on the far node.
   --svg FILE also draws the path on the picture of the lab (\`kube-cni lab show --svg\`), its interfaces in red.`
 
 /** A mistake in the command line: exit 2 and the usage, not a stack trace. */
@@ -45,6 +47,9 @@ export interface Hop {
   action: string
   in?: string
   out?: string
+  /** When in or out is a bridge: the port the probe crossed it by (a pod's veth, the router's port of a node). */
+  inPort?: string
+  outPort?: string
   route?: string
   neighbour?: string
   src: string
@@ -52,6 +57,10 @@ export interface Hop {
   rules: Rule[]
   why?: string
   finding?: { id: string; message: string; fix: string }
+  /** On the underlay hops of a VXLAN packet (src and dst are then the outer addresses): what it carries, how. */
+  vxlan?: { vni: number; port: number; inner: { src: string; dst: string }; fdb?: string }
+  /** On the underlay hops: the packets each of its interfaces received and sent while the probe ran. */
+  packets?: { dev: string; rx: number; tx: number }[]
 }
 
 export interface Trace {
@@ -180,6 +189,14 @@ function walk(w: Walk, from: Endpoint, to: Endpoint, v6: boolean): Hop[] {
     const next = r.gateway ?? dst
     hop.action = hops.length === 1 ? 'sent' : 'forwarded'
     hop.neighbour = next
+    const vx = vxlanDevices(at).find((d) => d.dev === r.dev)
+    if (vx) {
+      const under = underlay(w, hop, vx, { src, dst })
+      hops.push(...under.hops)
+      if (!under.arrived) return hops
+      ;({ ns: at, dev: inDev } = under.arrived)
+      continue
+    }
     const owner = w.addrs.get(next)
     if (!owner) {
       Object.assign(hop, { action: 'no neighbour', why: `no host in the lab has ${next}, the next hop on ${r.dev}` })
@@ -192,6 +209,50 @@ function walk(w: Walk, from: Endpoint, to: Endpoint, v6: boolean): Hop[] {
   return hops
 }
 
+interface VxlanDevice {
+  dev: string
+  vni: number
+  port: number
+  local?: string
+}
+
+function vxlanDevices(ns: string): VxlanDevice[] {
+  return ipj(ns, '-d', 'link', 'show', 'type', 'vxlan').map((l: any) => ({ dev: l.ifname, vni: l.linkinfo.info_data.id, port: l.linkinfo.info_data.port, local: l.linkinfo.info_data.local }))
+}
+
+/**
+ * The underlay hops of a packet hop sends into a VXLAN device: the FDB entry for the next hop's MAC names the
+ * remote VTEP, and the outer packet (UDP from the device's local address) is walked like any other, through
+ * the router if there is one, to the node that owns the remote address and decapsulates it there.
+ */
+function underlay(w: Walk, hop: Hop, vx: VxlanDevice, inner: { src: string; dst: string }): { hops: Hop[]; arrived?: { ns: string; dev: string } } {
+  const [n] = ipj(hop.netns, 'neigh', 'show', 'to', hop.neighbour!, 'dev', vx.dev)
+  const entry = n?.lladdr && fdb(hop.netns).find((e) => e.ifname === vx.dev && e.mac === n.lladdr && e.dst)
+  if (!entry) {
+    const why = n?.lladdr ? `${vx.dev} has no FDB entry for ${n.lladdr} (${hop.neighbour}): it does not know which node to send it to` : `${vx.dev} has no neighbour entry for ${hop.neighbour}`
+    Object.assign(hop, { action: 'no neighbour', why })
+    return { hops: [] }
+  }
+  const remote: string = entry.dst
+  const vxlan = { vni: entry.vni ?? vx.vni, port: entry.port ?? vx.port }
+  const outer = walk({ ...w, svc: undefined }, { ns: hop.netns, ip: vx.local ?? '' }, { ns: w.addrs.get(remote)?.ns ?? '', ip: remote }, remote.includes(':'))
+  for (const h of outer) h.vxlan = { ...vxlan, inner: { ...inner } }
+  const [first, last] = [outer[0], outer.at(-1)!]
+  if (first.action === 'sent') first.action = 'encapsulated'
+  first.in = vx.dev
+  first.vxlan!.fdb = `${entry.mac} dst ${remote} ${[...(entry.flags ?? []), entry.state].filter(Boolean).join(' ')}`
+  if (last.action !== 'delivered') return { hops: outer }
+  const decap = vxlanDevices(last.netns).find((d) => d.vni === vxlan.vni && d.port === vxlan.port)
+  if (!decap) {
+    Object.assign(last, { action: 'not decapsulated', why: `${last.netns} has no VXLAN device for VNI ${vxlan.vni} on UDP port ${vxlan.port}: the kernel answers port unreachable` })
+    return { hops: outer }
+  }
+  Object.assign(last, { action: 'decapsulated', out: decap.dev, dev: decap.dev })
+  return { hops: outer, arrived: { ns: last.netns, dev: decap.dev } }
+}
+
+const fdb = (ns: string): any[] => JSON.parse(sh(['bridge', '-n', ns, '-j', 'fdb', 'show']).stdout || '[]')
+
 function inSubnet(ip: string, cidr: string): boolean {
   const [c, a] = [parseCidr(cidr), parseAddress(ip)]
   return !!c && !!a && containsAddress(c, a.family, a.value)
@@ -200,20 +261,20 @@ function inSubnet(ip: string, cidr: string): boolean {
 const exactRoute = (ns: string, cidr: string) => ipj(ns, ...(cidr.includes(':') ? ['-6'] : []), 'route', 'show', 'exact', cidr).length > 0
 
 /** The neighbour entry a hop used after the probe, with its bridge port or VXLAN remote. */
-function neighbour(ns: string, dev: string, ip: string): string {
+function neighbour(ns: string, dev: string, ip: string): { text: string; port?: string } {
   const [n] = ipj(ns, 'neigh', 'show', 'to', ip, 'dev', dev)
-  if (!n) return `${ip}: no neighbour entry on ${dev}`
+  if (!n) return { text: `${ip}: no neighbour entry on ${dev}` }
   const state = (n.state ?? []).join(',')
   let where = ''
-  if (n.lladdr) {
-    const entries: any[] = JSON.parse(sh(['bridge', '-n', ns, '-j', 'fdb', 'show']).stdout || '[]')
-    const port = entries.find((e) => e.mac === n.lladdr && e.master === dev)
-    const remote = entries.find((e) => e.mac === n.lladdr && e.ifname === dev && e.dst)
-    if (port) where = `, bridge port ${port.ifname}`
-    if (remote) where = `, VXLAN remote ${remote.dst}`
-  }
-  return `${ip} lladdr ${n.lladdr ?? '-'} ${state}${where}`
+  const port = bridgePort(ns, dev, n.lladdr)
+  const remote = n.lladdr && fdb(ns).find((e) => e.mac === n.lladdr && e.ifname === dev && e.dst)
+  if (port) where = `, bridge port ${port}`
+  if (remote) where = `, VXLAN remote ${remote.dst}`
+  return { text: `${ip} lladdr ${n.lladdr ?? '-'} ${state}${where}`, port }
 }
+
+/** The port of bridge dev that learned mac: where a packet to or from that MAC crosses the bridge. */
+const bridgePort = (ns: string, dev: string, mac: string | undefined): string | undefined => (mac ? fdb(ns).find((e) => e.mac === mac && e.master === dev)?.ifname : undefined)
 
 /** UDP datagrams that reached the netns's UDP layer (to a socket or not), from its /proc/net/snmp. */
 function udpIn(ns: string): number {
@@ -262,12 +323,45 @@ function service(state: LabState, from: Endpoint, toName: string, port: number):
   return { svc: { node: from.node, vip, endpoint, port }, to: { ns: found.pod.ns, ip: vip, node: found.node } }
 }
 
+/** Every chain a built-in chain of roots leads to, through -j and -g, as `table chain`. */
+function reachable(rules: Rule[], roots: string[]): Set<string> {
+  const seen = new Set(rules.map((r) => r.table).flatMap((t) => roots.map((c) => `${t} ${c}`)))
+  for (let grew = true; grew; ) {
+    grew = false
+    for (const r of rules) {
+      const to = r.rule.match(/ -[jg] (\S+)/)?.[1]
+      if (to && seen.has(`${r.table} ${r.chain}`) && !seen.has(`${r.table} ${to}`)) seen.add(`${r.table} ${to}`), (grew = true)
+    }
+  }
+  return seen
+}
+
+/**
+ * The rules a netns's counters moved, on that netns's hops. A node that encapsulates or decapsulates has two
+ * hops, the pod packet's and the outer packet's: the node's own traffic (OUTPUT, INPUT) is the outer packet's.
+ */
+function placeRules(hops: Hop[], rules: Rule[], all: Rule[]): void {
+  const [inner, outer] = [hops.find((h) => !h.vxlan), hops.find((h) => h.vxlan)]
+  if (!inner || !outer) return void ((inner ?? outer)!.rules = rules)
+  const transit = reachable(all, ['PREROUTING', 'FORWARD', 'POSTROUTING'])
+  const own = reachable(all, ['OUTPUT', 'INPUT'])
+  for (const r of rules) (own.has(`${r.table} ${r.chain}`) && !transit.has(`${r.table} ${r.chain}`) ? outer : inner).rules.push(r)
+}
+
+/** Packets received and sent per interface of a netns, from its `ip -s link` counters. */
+function linkCounters(ns: string): Map<string, { rx: number; tx: number }> {
+  return new Map(ipj(ns, '-s', 'link', 'show').map((l: any) => [l.ifname, { rx: l.stats64.rx.packets, tx: l.stats64.tx.packets }]))
+}
+
 const familyOf = (h: Hop) => (h.dst.includes(':') ? 6 : 4)
 
-/** The counters the trace diffs, of every netns on the path: iptables per family. */
+/** The counters the trace diffs, of every netns on the path: iptables per family, and the underlay's interfaces. */
 function snapshot(hops: Hop[]) {
   const keys = [...new Set(hops.map((h) => `${familyOf(h)} ${h.netns}`))]
-  return { rules: new Map(keys.map((k) => [k, counters(k.slice(2), k.startsWith('6'))])) }
+  return {
+    rules: new Map(keys.map((k) => [k, counters(k.slice(2), k.startsWith('6'))])),
+    links: new Map([...new Set(hops.filter((h) => h.vxlan).map((h) => h.netns))].map((ns) => [ns, linkCounters(ns)])),
+  }
 }
 
 export async function trace(fromName: string, toName: string, o: { port: number; udp: boolean }): Promise<Trace> {
@@ -292,11 +386,27 @@ export async function trace(fromName: string, toName: string, o: { port: number;
     remove()
   }
 
-  // A netns the path crosses twice (a pod reaching itself through its Service) has its rules on its first hop.
-  for (const [k, all] of after.rules) hops.find((h) => `${familyOf(h)} ${h.netns}` === k)!.rules = moved(before.rules.get(k)!, all)
+  for (const [k, all] of after.rules) {
+    const here = hops.filter((h) => `${familyOf(h)} ${h.netns}` === k)
+    placeRules(here, moved(before.rules.get(k)!, all), [...all.values()])
+  }
   let src = hops[0].src
-  hops.forEach((hop) => {
-    if (hop.out && hop.neighbour) hop.neighbour = neighbour(hop.netns, hop.out, hop.neighbour)
+  hops.forEach((hop, i) => {
+    const prev = hops[i - 1]
+    const inPort = hop.in && prev?.out && bridgePort(hop.netns, hop.in, ipj(prev.netns, 'link', 'show', 'dev', prev.out)[0]?.address)
+    if (inPort) hop.inPort = inPort
+    if (hop.out && hop.neighbour) {
+      const n = neighbour(hop.netns, hop.out, hop.neighbour)
+      hop.neighbour = n.text
+      if (n.port) hop.outPort = n.port
+    }
+    if (hop.vxlan) {
+      // The outer source is the VTEP's own; what a NAT changed before is the packet it carries.
+      hop.vxlan.inner.src = src
+      const [was, now] = [before.links.get(hop.netns)!, after.links.get(hop.netns)!]
+      hop.packets = [hop.in, hop.out].flatMap((dev) => (dev && now.has(dev) ? [{ dev, rx: now.get(dev)!.rx - (was.get(dev)?.rx ?? 0), tx: now.get(dev)!.tx - (was.get(dev)?.tx ?? 0) }] : []))
+      return
+    }
     hop.src = src
     const whys: string[] = []
     // The destination as the next netns sees it: kube-proxy's DNAT to the Service's endpoint.
@@ -341,7 +451,7 @@ export async function trace(fromName: string, toName: string, o: { port: number;
         if (node) last.finding = await findingFor(state, node.netns, 'masquerade')
       }
     }
-    const cause: Record<string, string> = { 'no route': 'routes', 'no neighbour': 'routes', 'not forwarded': 'forwarding', dropped: 'masquerade', rejected: 'masquerade' }
+    const cause: Record<string, string> = { 'no route': 'routes', 'no neighbour': 'routes', 'not forwarded': 'forwarding', 'not decapsulated': 'routes', dropped: 'masquerade', rejected: 'masquerade' }
     const stop = hops.at(-1)!
     if (!stop.finding && cause[stop.action]) stop.finding = await findingFor(state, stop.netns, cause[stop.action])
   }
@@ -351,9 +461,15 @@ export async function trace(fromName: string, toName: string, o: { port: number;
 function render(from: string, to: string, t: Trace): string {
   const lines = [`trace ${from} → ${to}: ${t.delivered ? 'delivered' : 'NOT delivered'}`]
   for (const h of t.hops) {
-    lines.push(`  ${h.netns}  ${h.action}${h.in ? `  in ${h.in}` : ''}${h.out ? `  out ${h.out}` : ''}  (${h.src} → ${h.dst})`)
+    const via = (dev?: string, port?: string) => `${dev}${port ? ` (port ${port})` : ''}`
+    lines.push(`  ${h.netns}  ${h.action}${h.in ? `  in ${via(h.in, h.inPort)}` : ''}${h.out ? `  out ${via(h.out, h.outPort)}` : ''}  (${h.src} → ${h.dst})`)
+    if (h.vxlan) {
+      const { vni, port, inner, fdb } = h.vxlan
+      lines.push(`      vxlan      UDP ${port} VNI ${vni}, carrying ${inner.src} → ${inner.dst}${fdb ? `; fdb ${fdb}` : ''}`)
+    }
     if (h.route) lines.push(`      route      ${h.route}`)
     if (h.neighbour) lines.push(`      neighbour  ${h.neighbour}`)
+    if (h.packets?.length) lines.push(`      packets    ${h.packets.map((p) => `${p.dev} rx +${p.rx} tx +${p.tx}`).join(', ')}`)
     for (const r of h.rules) lines.push(`      rule       +${r.packets} ${r.table} ${r.rule}`)
     if (h.why) lines.push(`      why        ${h.why}`)
     if (h.finding) lines.push(`      doctor     ${h.finding.id}: ${h.finding.message}`, ...(h.finding.fix ? [`      fix        ${h.finding.fix}`] : []))
@@ -397,7 +513,7 @@ async function traceLine(argv: string[]): Promise<number> {
   process.stdout.write(v.json ? `${JSON.stringify(t)}\n` : `${render(positionals[0], positionals[1], t)}\n`)
   if (v.svg) {
     const { labModel, renderSvg, writeSvg } = await import('./show.ts')
-    const path = t.hops.flatMap((h) => [h.in, h.out].flatMap((dev) => (dev ? [{ netns: h.netns, dev }] : [])))
+    const path = t.hops.flatMap((h) => [h.in, h.inPort, h.out, h.outPort].flatMap((dev) => (dev ? [{ netns: h.netns, dev }] : [])))
     writeSvg(v.svg, renderSvg(labModel(), path))
   }
   return t.delivered ? 0 : 1

@@ -24,11 +24,15 @@ interface Trace {
     dev: string
     action: string
     in?: string
+    inPort?: string
+    outPort?: string
     src: string
     dst: string
     why?: string
     rules: { table: string; rule: string; packets: number }[]
     finding?: { id: string }
+    vxlan?: { vni: number; port: number; inner: { src: string; dst: string }; fdb?: string }
+    packets?: { dev: string; rx: number; tx: number }[]
   }[]
 }
 
@@ -192,6 +196,36 @@ test('doctor scenarios: no-forwarding and firewall-flush are named by their find
   assert.not.ok(flushed.delivered)
   const last = flushed.hops.at(-1)!
   assert.equal([last.netns, last.action, last.src, last.finding?.id], [`${PREFIX}outside`, 'no reply', flushed.hops[0].src, 'masquerade'])
+})
+
+test('--backend vxlan: the underlay between the nodes, encapsulated in node1, through the router, decapsulated in node2', () => {
+  // The lab is built when up prints its report; whether every cell of its matrix passed is the lab tests' business.
+  const up = lab('up', '--pods', '2', '--backend', 'vxlan')
+  assert.match(up.stdout, /backend vxlan/, up.stderr)
+  const t = trace('n1-p1', 'n2-p1')
+  assert.ok(t.delivered, JSON.stringify(t))
+  assert.equal(t.hops.map((h) => [h.netns, h.action, h.dev]), [
+    [`${PREFIX}n1p1`, 'sent', 'eth0'],
+    [NODE1, 'forwarded', 'kube-cni.1'],
+    [NODE1, 'encapsulated', 'eth0'],
+    [`${PREFIX}router`, 'forwarded', 'segB'],
+    [NODE2, 'decapsulated', 'kube-cni.1'],
+    [NODE2, 'forwarded', 'cni0'],
+    [`${PREFIX}n2p1`, 'delivered', 'eth0'],
+  ])
+  const [encap, router, decap] = t.hops.slice(2, 5)
+  for (const h of [encap, router, decap]) {
+    assert.equal([h.src, h.dst], ['192.0.2.11', '198.51.100.12'], 'the outer addresses: node1\'s and node2\'s InternalIPs')
+    assert.equal([h.vxlan?.vni, h.vxlan?.port, h.vxlan?.inner], [1, 4789, { src: '10.200.1.2', dst: '10.200.2.2' }])
+  }
+  assert.match(encap.vxlan!.fdb!, /^0a:58:0a:c8:02:00 dst 198\.51\.100\.12 /)
+  assert.equal([router.inPort, router.outPort], ['node1', 'node2'], 'the router\'s switch ports, from the MACs they learned')
+  assert.ok(encap.packets!.find((p) => p.dev === 'eth0')!.tx > 0 && decap.packets!.find((p) => p.dev === 'eth0')!.rx > 0, JSON.stringify([encap, decap]))
+
+  const svc = trace('n1-p1', 'svc/n2-p1')
+  assert.ok(svc.delivered, JSON.stringify(svc))
+  assert.ok(svc.hops[1].rules.some((r) => /-j DNAT --to-destination 10\.200\.2\.2:7777/.test(r.rule) && r.packets > 0))
+  assert.equal(svc.hops[2].vxlan?.inner.dst, '10.200.2.2', 'the endpoint, inside the tunnel')
 })
 
 test.run()
