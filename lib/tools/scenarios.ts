@@ -171,40 +171,82 @@ export interface Check {
   detail: string
 }
 
-// Service VIPs as kube-proxy would make them, outside every lab range.
-const VIP = '10.96.0.10'
-const VIP_SELF = '10.96.0.11'
+// The lab's Services, outside every lab range: the pod 10.200.N.M is the one endpoint of the ClusterIP 10.96.N.M,
+// on the same port, so that a check's VIP can be traced (`lab trace n1-p1 10.96.1.3`) and back.
+const POD_NET = '10.200.'
+const SERVICE_NET = '10.96.'
+export const serviceVip = (podIp: string) => (podIp.startsWith(POD_NET) ? SERVICE_NET + podIp.slice(POD_NET.length) : undefined)
+export const serviceEndpoint = (vip: string) => (vip.startsWith(SERVICE_NET) ? POD_NET + vip.slice(SERVICE_NET.length) : undefined)
+
+export interface LabService {
+  vip: string
+  endpoint: string // the pod IP behind it
+  port: number
+}
+
+const SIGNALS = ['SIGINT', 'SIGTERM', 'SIGHUP'] as const
 
 /**
- * A Service as kube-proxy programs it, for the length of one probe: node pod 1 connects to a VIP whose only
- * endpoint is pod 2 on the same bridge (the reply must pass iptables to be un-NATed: br_netfilter), and to a
- * VIP whose endpoint is pod 1 itself (the packet must go back out of the port it came in: hairpin).
+ * Services as kube-proxy programs them in a node: per Service a DNAT from VIP:port (TCP and UDP) to its one
+ * endpoint, reached from PREROUTING (the pods) and OUTPUT (the node itself), and for an endpoint that reaches
+ * itself through its VIP a SNAT to the bridge's address (hairpin: the reply must come back through the node).
+ * Returns what removes them; a SIGINT, SIGTERM or SIGHUP before that removes them too, then ends the process as
+ * the signal would have, unless someone else listens for it.
+ */
+export function programServices(node: LabNode, services: LabService[]): () => void {
+  const gw = formatAddress(4, confOf(node).pools[0].gateway)
+  const rules = [
+    '*nat',
+    ':KCL-SVC - [0:0]',
+    ...services.flatMap((s) => ['tcp', 'udp'].map((p) => `-A KCL-SVC -d ${s.vip}/32 -p ${p} --dport ${s.port} -j DNAT --to-destination ${s.endpoint}:${s.port}`)),
+    ':KCL-SVC-POST - [0:0]',
+    ...services.map((s) => `-A KCL-SVC-POST -s ${s.endpoint}/32 -d ${s.endpoint}/32 -j SNAT --to-source ${gw}`),
+    'COMMIT',
+  ].join('\n')
+  const jumps = [['PREROUTING', 'KCL-SVC'], ['OUTPUT', 'KCL-SVC'], ['POSTROUTING', 'KCL-SVC-POST']]
+  const remove = () => {
+    for (const sig of SIGNALS) process.off(sig, interrupted)
+    for (const [chain, to] of jumps) attempt(inNetns(node.ns, ['iptables', '-w', '-t', 'nat', '-D', chain, '-j', to]))
+    for (const chain of ['KCL-SVC', 'KCL-SVC-POST']) for (const op of ['-F', '-X']) attempt(inNetns(node.ns, ['iptables', '-w', '-t', 'nat', op, chain]))
+  }
+  const interrupted = (sig: NodeJS.Signals) => {
+    remove()
+    if (!process.listenerCount(sig)) process.kill(process.pid, sig)
+  }
+  // What an earlier run killed outright left behind would otherwise be jumped to twice.
+  remove()
+  for (const sig of SIGNALS) process.on(sig, interrupted)
+  try {
+    must(inNetns(node.ns, ['iptables-restore', '-w', '--noflush']), `${rules}\n`)
+    for (const [chain, to] of jumps) sh(node.ns, 'iptables', '-w', '-t', 'nat', '-I', chain, '-j', to)
+  } catch (e) {
+    remove()
+    throw e
+  }
+  return remove
+}
+
+/**
+ * A Service for the length of one probe: node pod 1 connects to the VIP of pod 2 on the same bridge (the reply
+ * must pass iptables to be un-NATed: br_netfilter), and to its own VIP (the packet must go back out of the port
+ * it came in: hairpin).
  */
 async function serviceChecks(node: LabNode): Promise<Check[]> {
   const [p1, p2] = node.pods
   if (!p2) return []
-  const gw = confOf(node).pools[0].gateway
-  const rules = [
-    '*nat',
-    ':KCL-SVC - [0:0]',
-    `-A KCL-SVC -d ${VIP}/32 -p tcp --dport ${PORT} -j DNAT --to-destination ${p2.ips[0]}:${PORT}`,
-    `-A KCL-SVC -d ${VIP_SELF}/32 -p tcp --dport ${PORT} -j DNAT --to-destination ${p1.ips[0]}:${PORT}`,
-    ':KCL-SVC-POST - [0:0]',
-    `-A KCL-SVC-POST -s ${p1.ips[0]}/32 -d ${p1.ips[0]}/32 -j SNAT --to-source ${formatAddress(4, gw)}`,
-    'COMMIT',
-  ].join('\n')
-  const jumps = [['PREROUTING', 'KCL-SVC'], ['POSTROUTING', 'KCL-SVC-POST']]
-  attempt(inNetns(node.ns, ['iptables-restore', '-w', '--noflush']), `${rules}\n`)
-  for (const [chain, to] of jumps) sh(node.ns, 'iptables', '-w', '-t', 'nat', '-I', chain, '-j', to)
+  const [vip, vipSelf] = [serviceVip(p2.ips[0])!, serviceVip(p1.ips[0])!]
+  const remove = programServices(node, [
+    { vip, endpoint: p2.ips[0], port: PORT },
+    { vip: vipSelf, endpoint: p1.ips[0], port: PORT },
+  ])
   try {
-    const seen = await probe(p1.ns, [VIP, VIP_SELF])
+    const seen = await probe(p1.ns, [vip, vipSelf])
     return [
-      { name: 'service', node: node.name, ok: seen[VIP] !== null, detail: `${p1.name} → Service ${VIP} (endpoint ${p2.name})` },
-      { name: 'hairpin', node: node.name, ok: seen[VIP_SELF] !== null, detail: `${p1.name} → Service ${VIP_SELF} (endpoint ${p1.name} itself)` },
+      { name: 'service', node: node.name, ok: seen[vip] !== null, detail: `${p1.name} → Service ${vip} (endpoint ${p2.name})` },
+      { name: 'hairpin', node: node.name, ok: seen[vipSelf] !== null, detail: `${p1.name} → Service ${vipSelf} (endpoint ${p1.name} itself)` },
     ]
   } finally {
-    for (const [chain, to] of jumps) attempt(inNetns(node.ns, ['iptables', '-w', '-t', 'nat', '-D', chain, '-j', to]))
-    for (const chain of ['KCL-SVC', 'KCL-SVC-POST']) for (const op of ['-F', '-X']) attempt(inNetns(node.ns, ['iptables', '-w', '-t', 'nat', op, chain]))
+    remove()
   }
 }
 

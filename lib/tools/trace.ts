@@ -8,7 +8,7 @@ import { join } from 'node:path'
 import { parseArgs } from 'node:util'
 import { $ } from 'zx/core'
 import { type LabNode, type LabState, PORT, PREFIX, STATE_DIR, probe, startEchoServers } from './lab.ts'
-import { doctorLine } from './scenarios.ts'
+import { type LabService, doctorLine, programServices, serviceEndpoint, serviceVip } from './scenarios.ts'
 import { containsAddress, parseAddress, parseCidr } from '../plugin/ip.ts'
 import { inNetns, ipj, netnsWithPrefix, sh } from './harness/netns.ts'
 
@@ -18,7 +18,15 @@ export const TRACE_USAGE = `kube-cni lab trace FROM TO [--port N] [--udp] [--jso
   port or VXLAN remote), every iptables rule whose counter the probe moved, the addresses as seen there, and
   where and why it stopped, with the doctor finding that names the cause.
   FROM and TO: a pod (n1-p1), a node (node1), outside, or an address one of them has.
+  TO may also be a Service: svc/POD (svc/n2-p1) is a ClusterIP Service whose one endpoint is POD, programmed
+  for the trace in FROM's node as kube-proxy would (VIP 10.96.N.M for the pod 10.200.N.M, the same port; the
+  VIPs \`lab check\` uses) and removed after it; or that VIP itself (10.96.2.2). FROM is then a pod or a node.
+  Over --backend vxlan the hops include the underlay: the encapsulated packet (outer addresses, UDP port, VNI,
+  the FDB entry), the router, and the decapsulation on the far node.
   --svg FILE also draws the path on the picture of the lab (\`kube-cni lab show --svg\`), its interfaces in red.`
+
+/** A mistake in the command line: exit 2 and the usage, not a stack trace. */
+class TraceUsage extends Error {}
 
 interface Endpoint {
   ns: string
@@ -39,6 +47,9 @@ export interface Hop {
   action: string
   in?: string
   out?: string
+  /** When in or out is a bridge: the port the probe crossed it by (a pod's veth, the router's port of a node). */
+  inPort?: string
+  outPort?: string
   route?: string
   neighbour?: string
   src: string
@@ -46,6 +57,10 @@ export interface Hop {
   rules: Rule[]
   why?: string
   finding?: { id: string; message: string; fix: string }
+  /** On the underlay hops of a VXLAN packet (src and dst are then the outer addresses): what it carries, how. */
+  vxlan?: { vni: number; port: number; inner: { src: string; dst: string }; fdb?: string }
+  /** On the underlay hops: the packets each of its interfaces received and sent while the probe ran. */
+  packets?: { dev: string; rx: number; tx: number }[]
 }
 
 export interface Trace {
@@ -81,7 +96,7 @@ function resolve(state: LabState, name: string, v6: boolean): Endpoint {
   }
   const owner = owners().get(name)
   if (owner) return { ns: owner.ns, ip: name }
-  throw new Error(`${JSON.stringify(name)} is not in the lab: give a pod (n1-p1), a pod IP, a node (node1) or outside`)
+  throw new TraceUsage(`${JSON.stringify(name)} is not in the lab: give a pod (n1-p1), a pod IP, a node (node1), outside, or as TO a Service (svc/n1-p2)`)
 }
 
 function routeGet(ns: string, dst: string, from?: { src: string; dev: string }): { ok: true; r: any } | { ok: false; error: string } {
@@ -120,17 +135,26 @@ function moved(before: Map<string, Rule>, after: Map<string, Rule>): Rule[] {
 
 const drops = (rules: Rule[]) => rules.filter((r) => / -j (DROP|REJECT)\b/.test(r.rule) || r.rule === 'policy DROP')
 
+/** What a walk needs besides its two ends: the lab, who owns each address, and the Service the trace made. */
+interface Walk {
+  state: LabState
+  addrs: Map<string, { ns: string; dev: string }>
+  svc?: TraceService
+}
+
 /** Where the routes say the packet goes, before it is sent; the walk ends where the kernel would not pass it on. */
-function walk(state: LabState, from: Endpoint, to: Endpoint, v6: boolean): Hop[] {
-  const addrs = owners()
+function walk(w: Walk, from: Endpoint, to: Endpoint, v6: boolean): Hop[] {
   const hops: Hop[] = []
   let at = from.ns
   let inDev: string | undefined
   let src = from.ip
-  const byNs = (ns: string) => state.nodes.find((n) => n.ns === ns)
+  let dst = to.ip
+  const byNs = (ns: string) => w.state.nodes.find((n) => n.ns === ns)
   for (let ttl = 0; ttl < 16; ttl++) {
-    const hop: Hop = { netns: at, dev: inDev ?? '', action: '', in: inDev, src, dst: to.ip, rules: [] }
+    const hop: Hop = { netns: at, dev: inDev ?? '', action: '', in: inDev, src, dst, rules: [] }
     hops.push(hop)
+    // kube-proxy's DNAT comes before the routing decision (PREROUTING, or OUTPUT for the node's own packets).
+    if (w.svc && at === w.svc.node.ns && dst === w.svc.vip) dst = w.svc.endpoint
     const node = byNs(at)
     // With forwarding off, `ip route get ... iif` says only "No route to host": name the real cause first.
     const forwarding = sh(inNetns(at, ['sysctl', '-n', v6 ? 'net.ipv6.conf.all.forwarding' : 'net.ipv4.ip_forward'])).stdout.trim() === '1'
@@ -138,9 +162,9 @@ function walk(state: LabState, from: Endpoint, to: Endpoint, v6: boolean): Hop[]
       Object.assign(hop, { action: 'not forwarded', why: `${node.name} has IP forwarding off: it drops packets that are not for itself` })
       return hops
     }
-    const got = routeGet(at, to.ip, inDev ? { src, dev: inDev } : undefined)
+    const got = routeGet(at, dst, inDev ? { src, dev: inDev } : undefined)
     if (!got.ok) {
-      Object.assign(hop, { action: 'no route', why: `ip route get ${to.ip}${inDev ? ` from ${src} iif ${inDev}` : ''}: ${got.error}` })
+      Object.assign(hop, { action: 'no route', why: `ip route get ${dst}${inDev ? ` from ${src} iif ${inDev}` : ''}: ${got.error}` })
       return hops
     }
     const r = got.r
@@ -151,8 +175,8 @@ function walk(state: LabState, from: Endpoint, to: Endpoint, v6: boolean): Hop[]
     if (!inDev) src = r.prefsrc ?? src
     hop.src = src
     // A node hands another node's pod network to its default gateway only when its own route to it is gone.
-    const peer = state.nodes.find((n) => n !== node && n.subnets.some((s) => inSubnet(to.ip, s)))
-    const podCIDR = peer?.subnets.find((s) => inSubnet(to.ip, s))
+    const peer = w.state.nodes.find((n) => n !== node && n.subnets.some((s) => inSubnet(dst, s)))
+    const podCIDR = peer?.subnets.find((s) => inSubnet(dst, s))
     if (node && peer && podCIDR && r.dev !== 'cni0' && !exactRoute(at, podCIDR)) {
       Object.assign(hop, {
         action: 'no route',
@@ -160,21 +184,74 @@ function walk(state: LabState, from: Endpoint, to: Endpoint, v6: boolean): Hop[]
       })
       return hops
     }
-    const next = r.gateway ?? to.ip
-    const owner = addrs.get(next)
-    hop.action = 'forwarded'
-    if (hops.length === 1) hop.action = 'sent'
+    // The Service's hairpin SNAT: an endpoint that reached itself sees the packet come from the bridge.
+    if (w.svc && at === w.svc.node.ns && src === w.svc.endpoint) src = ipj(at, 'addr', 'show', 'dev', r.dev)[0].addr_info.find((a: any) => a.family === 'inet' && a.scope === 'global')?.local ?? src
+    const next = r.gateway ?? dst
+    hop.action = hops.length === 1 ? 'sent' : 'forwarded'
+    hop.neighbour = next
+    const vx = vxlanDevices(at).find((d) => d.dev === r.dev)
+    if (vx) {
+      const under = underlay(w, hop, vx, { src, dst })
+      hops.push(...under.hops)
+      if (!under.arrived) return hops
+      ;({ ns: at, dev: inDev } = under.arrived)
+      continue
+    }
+    const owner = w.addrs.get(next)
     if (!owner) {
       Object.assign(hop, { action: 'no neighbour', why: `no host in the lab has ${next}, the next hop on ${r.dev}` })
       return hops
     }
-    hop.neighbour = next
     at = owner.ns
     inDev = owner.dev
   }
   hops.at(-1)!.action = 'TTL exceeded'
   return hops
 }
+
+interface VxlanDevice {
+  dev: string
+  vni: number
+  port: number
+  local?: string
+}
+
+function vxlanDevices(ns: string): VxlanDevice[] {
+  return ipj(ns, '-d', 'link', 'show', 'type', 'vxlan').map((l: any) => ({ dev: l.ifname, vni: l.linkinfo.info_data.id, port: l.linkinfo.info_data.port, local: l.linkinfo.info_data.local }))
+}
+
+/**
+ * The underlay hops of a packet hop sends into a VXLAN device: the FDB entry for the next hop's MAC names the
+ * remote VTEP, and the outer packet (UDP from the device's local address) is walked like any other, through
+ * the router if there is one, to the node that owns the remote address and decapsulates it there.
+ */
+function underlay(w: Walk, hop: Hop, vx: VxlanDevice, inner: { src: string; dst: string }): { hops: Hop[]; arrived?: { ns: string; dev: string } } {
+  const [n] = ipj(hop.netns, 'neigh', 'show', 'to', hop.neighbour!, 'dev', vx.dev)
+  const entry = n?.lladdr && fdb(hop.netns).find((e) => e.ifname === vx.dev && e.mac === n.lladdr && e.dst)
+  if (!entry) {
+    const why = n?.lladdr ? `${vx.dev} has no FDB entry for ${n.lladdr} (${hop.neighbour}): it does not know which node to send it to` : `${vx.dev} has no neighbour entry for ${hop.neighbour}`
+    Object.assign(hop, { action: 'no neighbour', why })
+    return { hops: [] }
+  }
+  const remote: string = entry.dst
+  const vxlan = { vni: entry.vni ?? vx.vni, port: entry.port ?? vx.port }
+  const outer = walk({ ...w, svc: undefined }, { ns: hop.netns, ip: vx.local ?? '' }, { ns: w.addrs.get(remote)?.ns ?? '', ip: remote }, remote.includes(':'))
+  for (const h of outer) h.vxlan = { ...vxlan, inner: { ...inner } }
+  const [first, last] = [outer[0], outer.at(-1)!]
+  if (first.action === 'sent') first.action = 'encapsulated'
+  first.in = vx.dev
+  first.vxlan!.fdb = `${entry.mac} dst ${remote} ${[...(entry.flags ?? []), entry.state].filter(Boolean).join(' ')}`
+  if (last.action !== 'delivered') return { hops: outer }
+  const decap = vxlanDevices(last.netns).find((d) => d.vni === vxlan.vni && d.port === vxlan.port)
+  if (!decap) {
+    Object.assign(last, { action: 'not decapsulated', why: `${last.netns} has no VXLAN device for VNI ${vxlan.vni} on UDP port ${vxlan.port}: the kernel answers port unreachable` })
+    return { hops: outer }
+  }
+  Object.assign(last, { action: 'decapsulated', out: decap.dev, dev: decap.dev })
+  return { hops: outer, arrived: { ns: last.netns, dev: decap.dev } }
+}
+
+const fdb = (ns: string): any[] => JSON.parse(sh(['bridge', '-n', ns, '-j', 'fdb', 'show']).stdout || '[]')
 
 function inSubnet(ip: string, cidr: string): boolean {
   const [c, a] = [parseCidr(cidr), parseAddress(ip)]
@@ -184,20 +261,20 @@ function inSubnet(ip: string, cidr: string): boolean {
 const exactRoute = (ns: string, cidr: string) => ipj(ns, ...(cidr.includes(':') ? ['-6'] : []), 'route', 'show', 'exact', cidr).length > 0
 
 /** The neighbour entry a hop used after the probe, with its bridge port or VXLAN remote. */
-function neighbour(ns: string, dev: string, ip: string): string {
+function neighbour(ns: string, dev: string, ip: string): { text: string; port?: string } {
   const [n] = ipj(ns, 'neigh', 'show', 'to', ip, 'dev', dev)
-  if (!n) return `${ip}: no neighbour entry on ${dev}`
+  if (!n) return { text: `${ip}: no neighbour entry on ${dev}` }
   const state = (n.state ?? []).join(',')
   let where = ''
-  if (n.lladdr) {
-    const entries: any[] = JSON.parse(sh(['bridge', '-n', ns, '-j', 'fdb', 'show']).stdout || '[]')
-    const port = entries.find((e) => e.mac === n.lladdr && e.master === dev)
-    const remote = entries.find((e) => e.mac === n.lladdr && e.ifname === dev && e.dst)
-    if (port) where = `, bridge port ${port.ifname}`
-    if (remote) where = `, VXLAN remote ${remote.dst}`
-  }
-  return `${ip} lladdr ${n.lladdr ?? '-'} ${state}${where}`
+  const port = bridgePort(ns, dev, n.lladdr)
+  const remote = n.lladdr && fdb(ns).find((e) => e.mac === n.lladdr && e.ifname === dev && e.dst)
+  if (port) where = `, bridge port ${port}`
+  if (remote) where = `, VXLAN remote ${remote.dst}`
+  return { text: `${ip} lladdr ${n.lladdr ?? '-'} ${state}${where}`, port }
 }
+
+/** The port of bridge dev that learned mac: where a packet to or from that MAC crosses the bridge. */
+const bridgePort = (ns: string, dev: string, mac: string | undefined): string | undefined => (mac ? fdb(ns).find((e) => e.mac === mac && e.master === dev)?.ifname : undefined)
 
 /** UDP datagrams that reached the netns's UDP layer (to a socket or not), from its /proc/net/snmp. */
 function udpIn(ns: string): number {
@@ -206,15 +283,84 @@ function udpIn(ns: string): number {
   return ['InDatagrams', 'NoPorts'].reduce((s, k) => s + Number(values[names.indexOf(k)]), 0)
 }
 
-async function findingFor(state: LabState, ns: string, id: string): Promise<Hop['finding'] | undefined> {
+/** The first of ids that doctor, run in the node ns, finds failing. */
+async function findingFor(state: LabState, ns: string, ...ids: string[]): Promise<Hop['finding'] | undefined> {
   const node = state.nodes.find((n) => n.ns === ns)
   if (!node) return undefined
   const r = await $({ quiet: true, nothrow: true })`${inNetns(node.ns, doctorLine(node, true))}`
   try {
-    const f = JSON.parse(r.stdout).findings.find((x: any) => x.status === 'fail' && x.id === id)
+    const failing = JSON.parse(r.stdout).findings.filter((x: any) => x.status === 'fail')
+    const f = ids.map((id) => failing.find((x: any) => x.id === id)).find(Boolean)
     return f && { id: f.id, message: f.message, fix: f.fix }
   } catch {
     return undefined
+  }
+}
+
+/** The Service a trace makes for TO svc/POD or a lab VIP, in FROM's node. */
+interface TraceService extends LabService {
+  node: LabNode
+}
+
+/** TO as a Service (svc/POD, or a lab VIP), or undefined when TO is not one. */
+function service(state: LabState, from: Endpoint, toName: string, port: number): { svc: TraceService; to: Endpoint } | undefined {
+  const pods = state.nodes.flatMap((node) => node.pods.map((pod) => ({ pod, node })))
+  let found
+  if (toName.startsWith('svc/')) {
+    const name = toName.slice('svc/'.length)
+    if (!name) throw new TraceUsage('svc/ needs a pod name: svc/n2-p1 is the Service whose one endpoint is n2-p1')
+    found = pods.find((p) => p.pod.name === name)
+    if (!found) throw new TraceUsage(`svc/${name}: the lab has no pod ${JSON.stringify(name)}; its pods are ${pods.map((p) => p.pod.name).join(', ')}`)
+  } else {
+    const endpoint = serviceEndpoint(toName)
+    if (!endpoint) return undefined
+    found = pods.find((p) => p.pod.ips.includes(endpoint))
+    if (!found) throw new TraceUsage(`${toName} is no lab Service's VIP: the pod 10.200.N.M is the endpoint of 10.96.N.M, so give the VIP of a pod the lab has, or svc/POD`)
+  }
+  if (!from.node) throw new TraceUsage(`a Service is programmed in FROM's node, as kube-proxy does: trace to ${toName} from a pod or a node, not from outside`)
+  const endpoint = found.pod.ips[0]
+  const vip = serviceVip(endpoint)!
+  return { svc: { node: from.node, vip, endpoint, port }, to: { ns: found.pod.ns, ip: vip, node: found.node } }
+}
+
+/** Every chain a built-in chain of roots leads to, through -j and -g, as `table chain`. */
+function reachable(rules: Rule[], roots: string[]): Set<string> {
+  const seen = new Set(rules.map((r) => r.table).flatMap((t) => roots.map((c) => `${t} ${c}`)))
+  for (let grew = true; grew; ) {
+    grew = false
+    for (const r of rules) {
+      const to = r.rule.match(/ -[jg] (\S+)/)?.[1]
+      if (to && seen.has(`${r.table} ${r.chain}`) && !seen.has(`${r.table} ${to}`)) seen.add(`${r.table} ${to}`), (grew = true)
+    }
+  }
+  return seen
+}
+
+/**
+ * The rules a netns's counters moved, on that netns's hops. A node that encapsulates or decapsulates has two
+ * hops, the pod packet's and the outer packet's: the node's own traffic (OUTPUT, INPUT) is the outer packet's.
+ */
+function placeRules(hops: Hop[], rules: Rule[], all: Rule[]): void {
+  const [inner, outer] = [hops.find((h) => !h.vxlan), hops.find((h) => h.vxlan)]
+  if (!inner || !outer) return void ((inner ?? outer)!.rules = rules)
+  const transit = reachable(all, ['PREROUTING', 'FORWARD', 'POSTROUTING'])
+  const own = reachable(all, ['OUTPUT', 'INPUT'])
+  for (const r of rules) (own.has(`${r.table} ${r.chain}`) && !transit.has(`${r.table} ${r.chain}`) ? outer : inner).rules.push(r)
+}
+
+/** Packets received and sent per interface of a netns, from its `ip -s link` counters. */
+function linkCounters(ns: string): Map<string, { rx: number; tx: number }> {
+  return new Map(ipj(ns, '-s', 'link', 'show').map((l: any) => [l.ifname, { rx: l.stats64.rx.packets, tx: l.stats64.tx.packets }]))
+}
+
+const familyOf = (h: Hop) => (h.dst.includes(':') ? 6 : 4)
+
+/** The counters the trace diffs, of every netns on the path: iptables per family, and the underlay's interfaces. */
+function snapshot(hops: Hop[]) {
+  const keys = [...new Set(hops.map((h) => `${familyOf(h)} ${h.netns}`))]
+  return {
+    rules: new Map(keys.map((k) => [k, counters(k.slice(2), k.startsWith('6'))])),
+    links: new Map([...new Set(hops.filter((h) => h.vxlan).map((h) => h.netns))].map((ns) => [ns, linkCounters(ns)])),
   }
 }
 
@@ -222,31 +368,60 @@ export async function trace(fromName: string, toName: string, o: { port: number;
   const state = loadState()
   const v6 = toName.includes(':')
   const from = resolve(state, fromName, v6)
-  const to = resolve(state, toName, v6)
-  const hops = walk(state, from, to, v6)
-  const path = [...new Set([...hops.map((h) => h.netns), to.ns])]
+  const asService = service(state, from, toName, o.port)
+  const to = asService?.to ?? resolve(state, toName, v6)
+  const hops = walk({ state, addrs: owners(), svc: asService?.svc }, from, to, v6)
   if (!o.udp) await startEchoServers([to.ns], o.port)
-  const before = path.map((ns) => counters(ns, v6))
-  const udpBefore = udpIn(to.ns)
-  let seenAs: string | null = null
-  if (o.udp) sh(inNetns(from.ns, ['bash', '-c', `echo kube-cni-trace > /dev/udp/${to.ip}/${o.port}`]))
-  else seenAs = (await probe(from.ns, [to.ip], o.port))[to.ip]
-  const delivered = o.udp ? udpIn(to.ns) > udpBefore : seenAs !== null
+  const remove = asService ? programServices(asService.svc.node, [asService.svc]) : () => {}
+  let before, after, seenAs: string | null = null, delivered
+  try {
+    before = snapshot(hops)
+    const udpBefore = udpIn(to.ns)
+    if (o.udp) sh(inNetns(from.ns, ['bash', '-c', `echo kube-cni-trace > /dev/udp/${to.ip}/${o.port}`]))
+    else seenAs = (await probe(from.ns, [to.ip], o.port))[to.ip]
+    delivered = o.udp ? udpIn(to.ns) > udpBefore : seenAs !== null
+    // Read while the Service's rules are still there: their counters go with them.
+    after = snapshot(hops)
+  } finally {
+    remove()
+  }
 
+  for (const [k, all] of after.rules) {
+    const here = hops.filter((h) => `${familyOf(h)} ${h.netns}` === k)
+    placeRules(here, moved(before.rules.get(k)!, all), [...all.values()])
+  }
   let src = hops[0].src
-  hops.forEach((hop) => {
-    const i = path.indexOf(hop.netns)
-    hop.rules = moved(before[i], counters(hop.netns, v6))
+  hops.forEach((hop, i) => {
+    const prev = hops[i - 1]
+    const inPort = hop.in && prev?.out && bridgePort(hop.netns, hop.in, ipj(prev.netns, 'link', 'show', 'dev', prev.out)[0]?.address)
+    if (inPort) hop.inPort = inPort
+    if (hop.out && hop.neighbour) {
+      const n = neighbour(hop.netns, hop.out, hop.neighbour)
+      hop.neighbour = n.text
+      if (n.port) hop.outPort = n.port
+    }
+    if (hop.vxlan) {
+      // The outer source is the VTEP's own; what a NAT changed before is the packet it carries.
+      hop.vxlan.inner.src = src
+      const [was, now] = [before.links.get(hop.netns)!, after.links.get(hop.netns)!]
+      hop.packets = [hop.in, hop.out].flatMap((dev) => (dev && now.has(dev) ? [{ dev, rx: now.get(dev)!.rx - (was.get(dev)?.rx ?? 0), tx: now.get(dev)!.tx - (was.get(dev)?.tx ?? 0) }] : []))
+      return
+    }
     hop.src = src
-    if (hop.out && hop.neighbour) hop.neighbour = neighbour(hop.netns, hop.out, hop.neighbour)
+    const whys: string[] = []
+    // The destination as the next netns sees it: kube-proxy's DNAT to the Service's endpoint.
+    const dnat = hop.rules.find((r) => r.table === 'nat' && / -j DNAT\b/.test(r.rule))
+    if (dnat) whys.push(`destination ${hop.dst} DNATed to ${dnat.rule.match(/--to-destination (\S+)/)?.[1]} by ${dnat.chain}`)
     // The source as the next netns sees it: a MASQUERADE takes the out interface's address, an SNAT its own.
     const nat = hop.rules.find((r) => r.table === 'nat' && / -j (MASQUERADE|SNAT)\b/.test(r.rule))
     if (nat) {
       const to = nat.rule.match(/--to-source (\S+)/)?.[1]?.replace(/:.*/, '')
       const out = ipj(hop.netns, 'addr', 'show', 'dev', hop.out!)[0]?.addr_info?.find((a: any) => a.family === (hop.dst.includes(':') ? 'inet6' : 'inet') && a.scope === 'global')
       src = to ?? out?.local ?? src
-      hop.why = `source ${hop.src} masqueraded to ${src}`
+      whys.push(`source ${hop.src} ${/SNAT/.test(nat.rule) ? 'SNATed' : 'masqueraded'} to ${src}`)
     }
+    // What the walk said of a hop where the packet stopped stays first.
+    if (whys.length) hop.why = [hop.why, ...whys].filter(Boolean).join('; ')
   })
   const last = hops.at(-1)!
   if (delivered) {
@@ -259,6 +434,11 @@ export async function trace(fromName: string, toName: string, o: { port: number;
       hops.splice(hops.indexOf(dropped) + 1)
       const rule = drops(dropped.rules)[0]
       Object.assign(dropped, { action: /REJECT/.test(rule.rule) ? 'rejected' : 'dropped', why: `${rule.table} ${rule.chain}: ${rule.rule}` })
+    } else if (last.action === 'delivered' && asService) {
+      const { vip, endpoint, node } = asService.svc
+      last.action = 'no reply'
+      last.why = `no answer came back through ${vip}: the reply from ${endpoint} must pass ${node.name}'s iptables to be un-DNATed, and an endpoint reaching itself must leave by the bridge port it came in on (hairpin)`
+      last.finding = await findingFor(state, node.ns, 'br-netfilter', 'hairpin')
     } else if (last.action === 'delivered') {
       // It arrived, so the answer did not come back: the reply needs a route to the source as seen here.
       const back = routeGet(last.netns, last.src)
@@ -271,7 +451,7 @@ export async function trace(fromName: string, toName: string, o: { port: number;
         if (node) last.finding = await findingFor(state, node.netns, 'masquerade')
       }
     }
-    const cause: Record<string, string> = { 'no route': 'routes', 'no neighbour': 'routes', 'not forwarded': 'forwarding', dropped: 'masquerade', rejected: 'masquerade' }
+    const cause: Record<string, string> = { 'no route': 'routes', 'no neighbour': 'routes', 'not forwarded': 'forwarding', 'not decapsulated': 'routes', dropped: 'masquerade', rejected: 'masquerade' }
     const stop = hops.at(-1)!
     if (!stop.finding && cause[stop.action]) stop.finding = await findingFor(state, stop.netns, cause[stop.action])
   }
@@ -281,9 +461,15 @@ export async function trace(fromName: string, toName: string, o: { port: number;
 function render(from: string, to: string, t: Trace): string {
   const lines = [`trace ${from} → ${to}: ${t.delivered ? 'delivered' : 'NOT delivered'}`]
   for (const h of t.hops) {
-    lines.push(`  ${h.netns}  ${h.action}${h.in ? `  in ${h.in}` : ''}${h.out ? `  out ${h.out}` : ''}  (${h.src} → ${h.dst})`)
+    const via = (dev?: string, port?: string) => `${dev}${port ? ` (port ${port})` : ''}`
+    lines.push(`  ${h.netns}  ${h.action}${h.in ? `  in ${via(h.in, h.inPort)}` : ''}${h.out ? `  out ${via(h.out, h.outPort)}` : ''}  (${h.src} → ${h.dst})`)
+    if (h.vxlan) {
+      const { vni, port, inner, fdb } = h.vxlan
+      lines.push(`      vxlan      UDP ${port} VNI ${vni}, carrying ${inner.src} → ${inner.dst}${fdb ? `; fdb ${fdb}` : ''}`)
+    }
     if (h.route) lines.push(`      route      ${h.route}`)
     if (h.neighbour) lines.push(`      neighbour  ${h.neighbour}`)
+    if (h.packets?.length) lines.push(`      packets    ${h.packets.map((p) => `${p.dev} rx +${p.rx} tx +${p.tx}`).join(', ')}`)
     for (const r of h.rules) lines.push(`      rule       +${r.packets} ${r.table} ${r.rule}`)
     if (h.why) lines.push(`      why        ${h.why}`)
     if (h.finding) lines.push(`      doctor     ${h.finding.id}: ${h.finding.message}`, ...(h.finding.fix ? [`      fix        ${h.finding.fix}`] : []))
@@ -292,26 +478,42 @@ function render(from: string, to: string, t: Trace): string {
 }
 
 export async function traceCommand(argv: string[]): Promise<number> {
-  const { values: v, positionals } = parseArgs({
-    args: argv,
-    allowPositionals: true,
-    options: {
-      port: { type: 'string', default: String(PORT) },
-      udp: { type: 'boolean', default: false },
-      json: { type: 'boolean', default: false },
-      svg: { type: 'string' },
-      help: { type: 'boolean', short: 'h', default: false },
-    },
-  })
+  try {
+    return await traceLine(argv)
+  } catch (e) {
+    if (!(e instanceof TraceUsage)) throw e
+    process.stderr.write(`kube-cni lab trace: ${e.message}\n\n${TRACE_USAGE}\n`)
+    return 2
+  }
+}
+
+async function traceLine(argv: string[]): Promise<number> {
+  let parsed
+  try {
+    parsed = parseArgs({
+      args: argv,
+      allowPositionals: true,
+      options: {
+        port: { type: 'string', default: String(PORT) },
+        udp: { type: 'boolean', default: false },
+        json: { type: 'boolean', default: false },
+        svg: { type: 'string' },
+        help: { type: 'boolean', short: 'h', default: false },
+      },
+    })
+  } catch (e) {
+    throw new TraceUsage((e as Error).message)
+  }
+  const { values: v, positionals } = parsed
   if (v.help) return process.stdout.write(`${TRACE_USAGE}\n`), 0
   const port = Number(v.port)
-  if (positionals.length !== 2 || !(port >= 1 && port <= 65535)) throw new Error(`give FROM and TO, and a port from 1 to 65535\n${TRACE_USAGE}`)
+  if (positionals.length !== 2 || !(port >= 1 && port <= 65535)) throw new TraceUsage('give FROM and TO, and a port from 1 to 65535')
   if (process.getuid?.() !== 0) throw new Error('the lab lives in network namespaces: run it as root (sudo)')
   const t = await trace(positionals[0], positionals[1], { port, udp: v.udp! })
   process.stdout.write(v.json ? `${JSON.stringify(t)}\n` : `${render(positionals[0], positionals[1], t)}\n`)
   if (v.svg) {
     const { labModel, renderSvg, writeSvg } = await import('./show.ts')
-    const path = t.hops.flatMap((h) => [h.in, h.out].flatMap((dev) => (dev ? [{ netns: h.netns, dev }] : [])))
+    const path = t.hops.flatMap((h) => [h.in, h.inPort, h.out, h.outPort].flatMap((dev) => (dev ? [{ netns: h.netns, dev }] : [])))
     writeSvg(v.svg, renderSvg(labModel(), path))
   }
   return t.delivered ? 0 : 1
