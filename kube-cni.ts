@@ -321,8 +321,9 @@ As a command:
                         a virtual cluster in network namespaces; kube-cni lab --help
   kube-cni lab scenarios | lab break SCENARIO [--node N]
                         break a running lab the way real nodes break, then let doctor find it
-  kube-cni lab trace FROM TO [--port N] [--udp] [--json]
-                        one probe through a running lab, hop by hop: routes, neighbours, rules hit, where it stopped
+  kube-cni lab trace FROM TO [--port N] [--udp] [--json] [--svg FILE]
+                        one probe through a running lab, hop by hop: routes, neighbours, rules hit, where it stopped;
+                        TO may be a Service (svc/POD, or its ClusterIP)
   kube-cni lab show [--svg FILE]
                         a picture of the running lab, read from the kernel (and an SVG for a slide)
   kube-cni conflist --network CIDR[,CIDR] (--subnet CIDR[,CIDR] | --node NAME [--kubectl PATH]) [--out FILE]
