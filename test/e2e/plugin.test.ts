@@ -193,7 +193,8 @@ test('100 concurrent ADDs get 100 distinct IPs, then 100 concurrent DELs leave n
   assert.is(veths(node).length, 100)
   assert.is(node.ip('link', 'show', 'type', 'bridge').length, 1, 'one bridge, however many raced to create it')
   const rules = must(['ip', 'netns', 'exec', node.ns, 'iptables-save', '-t', 'nat'])
-  assert.is(rules.split('\n').filter((l: string) => l.startsWith('-A POSTROUTING')).length, 1, 'the masquerade jump exists once')
+  assert.is(rules.split('\n').filter((l: string) => l.startsWith('-A POSTROUTING') && l.includes(' -j KUBE-CNI-MASQ-')).length, 1, 'the masquerade jump exists once')
+  assert.is(rules.split('\n').filter((l: string) => l.includes(' --name kube-cni-canary-')).length, 1, 'and its canary')
 
   const dels = await Promise.all(pods.map((pod, i) => node.cni({ command: 'DEL', containerId: `c${i}`, netns: nsPath(pod) })))
   assert.ok(dels.every((r) => r.code === 0))
