@@ -107,13 +107,12 @@ const SPECIAL: Record<Family, [string, string][]> = {
   6: [['multicast', 'ff00::/8'], ['loopback', '::1/128'], ['link-local', 'fe80::/10']],
 }
 
-let specialRanges: Record<Family, [string, string, Cidr][]> | undefined
+// Parsed on first use, per family: an IPv4-only ADD never pays for ip-num's IPv6 parser (~5 ms to warm up).
+const specialRanges: Partial<Record<Family, [string, string, Cidr][]>> = {}
 
 /** The multicast, loopback or link-local range `c` overlaps, as `the multicast range 224.0.0.0/4`. */
 export function specialRangeOverlapped(c: Cidr): string | undefined {
-  specialRanges ??= { 4: withRanges(SPECIAL[4]), 6: withRanges(SPECIAL[6]) }
-  for (const [what, text, range] of specialRanges[c.family]) if (c.network <= range.last && range.network <= c.last) return `the ${what} range ${text}`
+  const ranges = (specialRanges[c.family] ??= SPECIAL[c.family].map(([what, text]) => [what, text, parseCidr(text)!]))
+  for (const [what, text, range] of ranges) if (c.network <= range.last && range.network <= c.last) return `the ${what} range ${text}`
   return undefined
 }
-
-const withRanges = (list: [string, string][]): [string, string, Cidr][] => list.map(([what, text]) => [what, text, parseCidr(text)!])
