@@ -7,7 +7,7 @@ import { join } from 'node:path'
 import { CONFLIST_NAME, pluginVersions } from './conflist.ts'
 import { formatAddress } from '../plugin/ip.ts'
 import { parseNetConf } from '../plugin/netconf.ts'
-import { type LabNode, type LabState, PORT, PREFIX, STATE_DIR, netconfOf, probe, self, startEchoServers } from './lab.ts'
+import { type LabNode, type LabState, PORT, PREFIX, STATE_DIR, netconfOf, probeAll, self, startEchoServers } from './lab.ts'
 import { callPlugin } from './harness/runtime.ts'
 import { sh as attempt, inNetns, ipj, must } from './harness/netns.ts'
 
@@ -197,7 +197,7 @@ async function serviceChecks(node: LabNode): Promise<Check[]> {
   attempt(inNetns(node.ns, ['iptables-restore', '-w', '--noflush']), `${rules}\n`)
   for (const [chain, to] of jumps) sh(node.ns, 'iptables', '-w', '-t', 'nat', '-I', chain, '-j', to)
   try {
-    const seen = await probe(p1.ns, [VIP, VIP_SELF])
+    const [seen] = await probeAll([{ ns: p1.ns, targets: [VIP, VIP_SELF] }])
     return [
       { name: 'service', node: node.name, ok: seen[VIP] !== null, detail: `${p1.name} → Service ${VIP} (endpoint ${p2.name})` },
       { name: 'hairpin', node: node.name, ok: seen[VIP_SELF] !== null, detail: `${p1.name} → Service ${VIP_SELF} (endpoint ${p1.name} itself)` },
