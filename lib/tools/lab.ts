@@ -78,7 +78,7 @@ export function self(): string[] {
 }
 
 // For the lab's own commands: a test process is not kube-cni, so tests take theirs from test/helpers.
-export const { startEchoServers, probe } = echoWith(self())
+export const { startEchoServers, probe, probeAll } = echoWith(self())
 
 function show(line: string): void {
   if (explain.enabled) process.stderr.write(`  ${line}\n`)
@@ -264,7 +264,7 @@ export async function report(state: LabState): Promise<Report> {
   const w = Math.max(10, ...pods.map((p) => p.name.length)) + 2
   for (const f of familiesOf(state)) {
     const target = FAMILIES[f].outside.host
-    const seen = await Promise.all(pods.map((p) => probe(p.ns, [...pods.map((q) => ofFamily(q.ips, f)), target], PORT)))
+    const seen = await probeAll(pods.map((p) => ({ ns: p.ns, targets: [...pods.map((q) => ofFamily(q.ips, f)), target] })), PORT)
     lines.push('', `IPv${f}: pod to pod over TCP (✓ reached, ✗ not; kept: seen with its own IP)`)
     const rows = pods.map((from, i) => {
       const mine = ofFamily(from.ips, f)

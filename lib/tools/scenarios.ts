@@ -7,7 +7,7 @@ import { join } from 'node:path'
 import { CONFLIST_NAME, pluginVersions } from './conflist.ts'
 import { formatAddress } from '../plugin/ip.ts'
 import { parseNetConf } from '../plugin/netconf.ts'
-import { type LabNode, type LabState, PORT, PREFIX, STATE_DIR, netconfOf, probe, self, startEchoServers } from './lab.ts'
+import { type LabNode, type LabState, PORT, PREFIX, STATE_DIR, netconfOf, probeAll, self, startEchoServers } from './lab.ts'
 import { callPlugin } from './harness/runtime.ts'
 import { sh as attempt, inNetns, ipj, must } from './harness/netns.ts'
 
@@ -240,7 +240,7 @@ async function serviceChecks(node: LabNode): Promise<Check[]> {
     { vip: vipSelf, endpoint: p1.ips[0], port: PORT },
   ])
   try {
-    const seen = await probe(p1.ns, [vip, vipSelf])
+    const [seen] = await probeAll([{ ns: p1.ns, targets: [vip, vipSelf] }])
     return [
       { name: 'service', node: node.name, ok: seen[vip] !== null, detail: `${p1.name} → Service ${vip} (endpoint ${p2.name})` },
       { name: 'hairpin', node: node.name, ok: seen[vipSelf] !== null, detail: `${p1.name} → Service ${vipSelf} (endpoint ${p1.name} itself)` },
