@@ -92,9 +92,10 @@ test('"ipMasq": false: the FORWARD accepts only, no nat table at all', () => {
   for (const mode of ['rewrite', 'check'] as const) assert.not.match(restoreInput(chains, mode), /\*nat|MASQUERADE/)
 })
 
-test('setupFor: the marker changes with the bridge, ipMasq or a pool, and only with them', () => {
+test('setupFor: the marker changes with the bridge, ipMasq, a pool or the rule layout, and only with them', () => {
   const base = setupFor(conf())
-  assert.equal(JSON.parse(base), { bridge: 'cni0', ipMasq: true, pools: [{ subnet: '10.200.1.0/24', network: '10.200.0.0/16' }] })
+  // `rules` is kube-cni's own rule layout: a node set up without canaries (layout 1) is set up once more.
+  assert.equal(JSON.parse(base), { rules: 2, bridge: 'cni0', ipMasq: true, pools: [{ subnet: '10.200.1.0/24', network: '10.200.0.0/16' }] })
   assert.ok(base.endsWith('\n'))
   for (const change of [{ bridge: 'br1' }, { ipMasq: false }, { subnet: '10.200.2.0/24' }, { network: '10.0.0.0/8' }])
     assert.is.not(setupFor(conf(change)), base, JSON.stringify(change))
