@@ -78,10 +78,13 @@ export async function ensureNode(conf: NetConf): Promise<{ rules: Promise<void> 
 
 const FULL_CHECK_EVERY_MS = 60_000
 
-/** The marker's mtime is when the rules were last seen whole by the full check (or made). */
+/**
+ * The marker's mtime is when the rules were last seen whole by the full check (or made). An mtime far in the
+ * future (the clock was set back) counts as old, or the full check would wait for the clock to catch up.
+ */
 function checkedWithin(marker: string, ms: number): boolean {
   try {
-    return Date.now() - statSync(marker).mtimeMs < ms
+    return Math.abs(Date.now() - statSync(marker).mtimeMs) < ms
   } catch {
     return false
   }

@@ -88,6 +88,13 @@ test('a deleted FORWARD jump comes back, once, by the full check a minute after 
   await a.node.addPod('p2')
   await a.node.addPod('p3')
   assert.equal(jumps(), [jump])
+
+  // The same with the clock set back by an hour since the last full check: that check is not an hour away.
+  nsExec(a.node.ns, 'iptables', ...jump.replace('-A', '-D').split(' '))
+  const anHourAhead = new Date(Date.now() + 3_600_000)
+  utimesSync(marker(a.node), anHourAhead, anHourAhead)
+  await a.node.addPod('p4')
+  assert.equal(jumps(), [jump])
 })
 
 test('a changed subnet is applied by the next ADD', async () => {
