@@ -39,10 +39,11 @@ import type { NetConf, Pool } from './netconf.ts'
  */
 export async function ensureNode(conf: NetConf): Promise<{ rules: Promise<void> }> {
   const marker = join(conf.dataDir, conf.name, 'node-ready')
+  const lock = join(conf.dataDir, 'node.lock')
   const wanted = setupFor(conf)
   const statsOk = () => readText(marker) === wanted && linkExists(conf.bridge) && knobsOn(conf)
   const repair = () =>
-    withLock(join(conf.dataDir, 'node.lock'), async () => {
+    withLock(lock, async () => {
       if (statsOk() && (await rulesInPlace(conf))) return // another ADD repaired it while we waited
       const previous = readText(marker)
       log.info(`node setup for network ${conf.name}: ${previous === undefined ? 'first ADD' : previous === wanted ? 'repairing what changed outside kube-cni' : 'applying a changed config'}`)
@@ -68,7 +69,7 @@ export async function ensureNode(conf: NetConf): Promise<{ rules: Promise<void> 
     checked(marker)
     // Rules put back by hand (the doctor's fix) come without canaries; a kernel that has xt_recent gets them again.
     if (!canaries && existsSync(RECENT))
-      await withLock(join(conf.dataDir, 'node.lock'), async () => {
+      await withLock(lock, async () => {
         for (const pool of conf.pools) await ensureCanaries(pool, chainsFor(conf.name, pool, conf.ipMasq))
       })
   })
@@ -346,7 +347,8 @@ async function dropOldMasquerade(conf: NetConf, pool: Pool): Promise<void> {
   }
   if (conf.ipMasq) return
   // The canary and the chain go too, once nothing jumps to it; they may already be gone, after a firewall reload.
-  await run([tool, '-w', '-t', 'nat', '-D', ...chainsFor(conf.name, pool, true)[1].canary.rule.split(' ')])
+  const nat = chainsFor(conf.name, pool, true).find((c) => c.table === 'nat')!
+  await run([tool, '-w', '-t', 'nat', '-D', ...nat.canary.rule.split(' ')])
   await run([tool, '-w', '-t', 'nat', '-F', masq])
   await run([tool, '-w', '-t', 'nat', '-X', masq])
 }

@@ -227,7 +227,7 @@ function vxlanDevices(ns: string): VxlanDevice[] {
  */
 function underlay(w: Walk, hop: Hop, vx: VxlanDevice, inner: { src: string; dst: string }): { hops: Hop[]; arrived?: { ns: string; dev: string } } {
   const [n] = ipj(hop.netns, 'neigh', 'show', 'to', hop.neighbour!, 'dev', vx.dev)
-  const entry = n?.lladdr && fdb(hop.netns).find((e) => e.ifname === vx.dev && e.mac === n.lladdr && e.dst)
+  const entry = vxlanRemote(hop.netns, vx.dev, n?.lladdr)
   if (!entry) {
     const why = n?.lladdr ? `${vx.dev} has no FDB entry for ${n.lladdr} (${hop.neighbour}): it does not know which node to send it to` : `${vx.dev} has no neighbour entry for ${hop.neighbour}`
     Object.assign(hop, { action: 'no neighbour', why })
@@ -267,11 +267,14 @@ function neighbour(ns: string, dev: string, ip: string): { text: string; port?: 
   const state = (n.state ?? []).join(',')
   let where = ''
   const port = bridgePort(ns, dev, n.lladdr)
-  const remote = n.lladdr && fdb(ns).find((e) => e.mac === n.lladdr && e.ifname === dev && e.dst)
+  const remote = vxlanRemote(ns, dev, n.lladdr)
   if (port) where = `, bridge port ${port}`
   if (remote) where = `, VXLAN remote ${remote.dst}`
   return { text: `${ip} lladdr ${n.lladdr ?? '-'} ${state}${where}`, port }
 }
+
+/** The FDB entry of VXLAN device dev that sends mac to a remote VTEP (its `dst`). */
+const vxlanRemote = (ns: string, dev: string, mac: string | undefined): any => (mac ? fdb(ns).find((e) => e.mac === mac && e.ifname === dev && e.dst) : undefined)
 
 /** The port of bridge dev that learned mac: where a packet to or from that MAC crosses the bridge. */
 const bridgePort = (ns: string, dev: string, mac: string | undefined): string | undefined => (mac ? fdb(ns).find((e) => e.mac === mac && e.master === dev)?.ifname : undefined)
